@@ -1,0 +1,54 @@
+"""Small @triton.jit helpers shared by the channel and spatial kernels.
+
+Every full-size tensor is addressed as a ``[N, C, P]`` view (``P = H * W``) through three
+strides. ``LAYOUT`` is a compile-time constant that tells the kernel which stride is 1, so
+loads vectorise along the contiguous axis without a copy:
+
+* ``LAYOUT_PCONTIG`` (0): NCHW-like, ``stride_p == 1``;
+* ``LAYOUT_CCONTIG`` (1): channels_last, ``stride_c == 1``;
+* ``LAYOUT_STRIDED`` (2): neither (e.g. an expanded, stride-0 incoming gradient).
+
+All offsets into full-size tensors are int64: one sample alone can exceed 2**31 elements.
+"""
+
+import triton
+import triton.language as tl
+
+LAYOUT_PCONTIG = 0
+LAYOUT_CCONTIG = 1
+LAYOUT_STRIDED = 2
+
+# Larger than any channel or position index; used as "no index" in argmin-style reductions.
+INDEX_SENTINEL = 2**31 - 1
+
+
+@triton.jit
+def tile_offsets(n, o_c, o_p, s_n, s_c, s_p, LAYOUT: tl.constexpr):
+    """int64 offsets of the [BLOCK_C, BLOCK_P] tile (n, o_c[:, None], o_p[None, :])."""
+    o_c64 = o_c.to(tl.int64)
+    o_p64 = o_p.to(tl.int64)
+    if LAYOUT == 0:
+        offs = n * s_n + o_c64[:, None] * s_c + o_p64[None, :]
+    elif LAYOUT == 1:
+        offs = n * s_n + o_c64[:, None] + o_p64[None, :] * s_p
+    else:
+        offs = n * s_n + o_c64[:, None] * s_c + o_p64[None, :] * s_p
+    return offs
+
+
+@triton.jit
+def sigmoid(z):
+    """Logistic function in z's precision (tl.sigmoid is fp32-only under the interpreter)."""
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def first_argmax(v, idx, AXIS: tl.constexpr):
+    """Max of ``v`` along AXIS and the smallest ``idx`` reaching it (the index rule of torch.max)."""
+    best = tl.max(v, axis=AXIS)
+    if AXIS == 0:
+        hit = v == best[None, :]
+    else:
+        hit = v == best[:, None]
+    best_idx = tl.min(tl.where(hit, idx, 2147483647), axis=AXIS)
+    return best, best_idx

@@ -1,0 +1,341 @@
+"""Launchers: allocate outputs, pick block sizes, run the Triton kernels of a CBAM forward or backward.
+
+Full-size passes (S = |x| in bytes; see shared bytes model in the README's design notes):
+
+forward, 3 reads + 1 write (compulsory: 1 read + 1 write):
+  1. ``channel_pool_kernel``  reads x      -> pooled sum/max partials     (then the tiny MLP kernel)
+  2. ``spatial_pool_kernel``  reads x      -> max/mean over C of x*cg     (x*cg is never stored)
+  3. ``spatial_gate_kernel``  reads x      -> conv, sigmoid, writes y = x*cg*sg
+  Each pass needs the full result of the previous one (the MLP needs every position's pool,
+  the conv needs its neighbours' channel pools), so three grid-wide dependencies force three
+  streams over x; passes 2 and 3 hit L2 when the working set fits.
+
+backward, x read 3 times, dy twice, dx written once (compulsory: 2 reads + 1 write):
+  1. ``bwd_reduce_kernel``   reads x, dy -> dz = dL/d(conv out), dL/dcg partials, pool partials
+  2. ``bwd_spatial_kernel``  reads x     -> transposed conv of dz, conv weight partials, rest of dL/dcg
+  3. ``bwd_dx_kernel``       reads x, dy -> writes dx
+  dL/dcg needs sum_p x * d(mean map), and d(mean map) needs dz at the conv's neighbours, which
+  needs the full channel reduction of pass 1: the second read of x cannot be folded into the
+  first without a grid-wide sync. The MLP backward and its weight gradient (``channel_mlp_*``)
+  touch only [N, C] and [HID, C] data.
+
+Saved between forward and backward besides x: cg [N, C], sg [N, P], smap [N, 2, P] and sidx
+[N, P] (int32) -- 4 * (N*C + 4*N*P) bytes in fp32, under 5% of |x| for the ResNet-50 CBAM
+stages in 16-bit (largest: 4.5% at 2048x7x7). The channel pools are recomputed by backward
+pass 1 rather than saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import triton
+
+from .channel import channel_mlp_bwd_kernel, channel_mlp_fwd_kernel, channel_mlp_wgrad_kernel, channel_pool_kernel
+from .common import LAYOUT_CCONTIG, LAYOUT_PCONTIG, LAYOUT_STRIDED
+from .spatial import bwd_dx_kernel, bwd_reduce_kernel, bwd_spatial_kernel, spatial_gate_kernel, spatial_pool_kernel
+
+KERNEL_SIZES = (3, 5, 7)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    """Block sizes for one input layout. Fixed per layout so the compile check covers them all."""
+
+    pool_c: int  # channel_pool_kernel tile
+    pool_p: int
+    stream_c: int  # tile of every kernel with one program per (sample, position block)
+    stream_p: int
+    warps: int = 8  # for the pool and stream kernels: 2048-element tiles, 8 per thread
+    mlp_c: int = 64
+    mlp_h: int = 16
+    mlp_warps: int = 4
+
+
+# p-contiguous (NCHW): long runs along H*W; channels_last: long runs along C.
+BLOCKS = {
+    LAYOUT_PCONTIG: Blocks(pool_c=16, pool_p=128, stream_c=32, stream_p=64),
+    LAYOUT_CCONTIG: Blocks(pool_c=64, pool_p=32, stream_c=64, stream_p=32),
+}
+
+
+def blocks_for(layout: int, dtype: torch.dtype) -> Blocks:
+    """Block sizes for a layout and io dtype: fp64 (gradcheck) halves the channel tiles, which
+    would otherwise spill registers."""
+    blk = BLOCKS[layout]
+    if dtype == torch.float64:
+        blk = dataclasses.replace(blk, pool_c=blk.pool_c // 2, stream_c=blk.stream_c // 2)
+    return blk
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: fp32 for fp16/bf16/fp32 inputs, fp64 for fp64 (gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------- allocation
+
+# Set by the test suite: every buffer a launcher allocates is filled with NaN (floating) or an
+# out-of-range index (int32), so an element a kernel fails to write cannot pass a comparison.
+POISON = False
+
+
+def _empty(shape, dtype, device, memory_format=torch.contiguous_format) -> torch.Tensor:
+    t = torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
+    if POISON:
+        t.fill_(float("nan") if dtype.is_floating_point else -(2**31))
+    return t
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def _flat_strides(t: torch.Tensor):
+    """Strides of t viewed as [N, C, H*W], or None when H and W cannot be merged."""
+    s_n, s_c, s_h, s_w = t.stride()
+    _, _, h, w = t.shape
+    if h == 1:
+        return s_n, s_c, s_w
+    if w == 1:
+        return s_n, s_c, s_h
+    if s_h != w * s_w:
+        return None
+    return s_n, s_c, s_w
+
+
+def layout_of(t: torch.Tensor):
+    """(layout, strides) of a 4-D tensor for the kernels, or (None, None) if it needs a copy."""
+    strides = _flat_strides(t)
+    if strides is None:
+        return None, None
+    _, s_c, s_p = strides
+    if s_p == 1:
+        return LAYOUT_PCONTIG, strides
+    if s_c == 1:
+        return LAYOUT_CCONTIG, strides
+    return LAYOUT_STRIDED, strides
+
+
+def prepare_input(x: torch.Tensor):
+    """x itself when its layout is served (NCHW- or channels_last-like), else a contiguous copy."""
+    layout, strides = layout_of(x)
+    if layout not in (LAYOUT_PCONTIG, LAYOUT_CCONTIG):
+        x = x.contiguous()
+        layout, strides = layout_of(x)
+    return x, layout, strides
+
+
+def _memory_format(layout: int):
+    return torch.channels_last if layout == LAYOUT_CCONTIG else torch.contiguous_format
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+@dataclasses.dataclass
+class Saved:
+    """What the backward needs besides x and the parameters (all small)."""
+
+    cg: torch.Tensor  # [N, C]    acc dtype
+    sg: torch.Tensor  # [N, P]    acc dtype
+    smap: torch.Tensor  # [N, 2, P] acc dtype
+    sidx: torch.Tensor  # [N, P]    int32
+
+
+def _pool_splits(n_rows: int, P: int, block_p: int, device: torch.device) -> int:
+    """Split H*W across programs when N * C-blocks alone cannot fill the device."""
+    if device.type == "cuda":
+        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        target = 8  # interpreter: few programs, but enough to exercise the split reduction
+    return max(1, min(triton.cdiv(P, block_p), triton.cdiv(target, n_rows)))
+
+
+def cbam_forward(x, w1, b1, w2, b2, wc, bc):
+    """Fused CBAM forward.
+
+    x: [N, C, H, W] fp16/bf16/fp32/fp64, NCHW or channels_last (other strides are copied).
+    w1: [HID, C], b1: [HID] or None, w2: [C, HID], b2: [C] or None (both or neither),
+    wc: [2*K*K] (max taps, then mean taps), bc: [1] or None -- parameters in the acc dtype,
+    contiguous. Returns (y in x's memory format and dtype, Saved).
+    """
+    x, layout, (s_n, s_c, s_p) = prepare_input(x)
+    N, C, H, W = x.shape
+    P = H * W
+    HID = w1.shape[0]
+    K = math.isqrt(wc.numel() // 2)
+    dev, acc = x.device, acc_dtype(x.dtype)
+    blk = blocks_for(layout, x.dtype)
+
+    n_cblocks = triton.cdiv(C, blk.pool_c)
+    n_splits = _pool_splits(N * n_cblocks, P, blk.pool_p, dev)
+    p_per_split = triton.cdiv(triton.cdiv(P, n_splits), blk.pool_p) * blk.pool_p
+    n_splits = triton.cdiv(P, p_per_split)
+    psum = _empty((N, n_splits, C), acc, dev)
+    pmax = _empty((N, n_splits, C), acc, dev)
+    pidx = _empty((N, n_splits, C), torch.int32, dev)
+    channel_pool_kernel[(N * n_cblocks, n_splits)](
+        x, psum, pmax, pidx, C, P, p_per_split, n_splits, s_n, s_c, s_p,
+        LAYOUT=layout, BLOCK_C=blk.pool_c, BLOCK_P=blk.pool_p, num_warps=blk.warps,
+    )
+
+    cg = _empty((N, C), acc, dev)
+    vscr = _empty((N, 2, C), acc, dev)
+    hscr = _empty((N, HID), acc, dev)
+    has_bias = b1 is not None
+    channel_mlp_fwd_kernel[(N,)](
+        psum, pmax, pidx, w1, b1 if has_bias else w1, w2, b2 if has_bias else w2, cg, vscr, hscr,
+        C, HID, P, n_splits,
+        HAS_BIAS=has_bias, BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, num_warps=blk.mlp_warps,
+    )
+
+    n_pb = triton.cdiv(P, blk.stream_p)
+    smap = _empty((N, 2, P), acc, dev)
+    sidx = _empty((N, P), torch.int32, dev)
+    spatial_pool_kernel[(N, n_pb)](
+        x, cg, smap, sidx, C, P, s_n, s_c, s_p,
+        LAYOUT=layout, BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, num_warps=blk.warps,
+    )
+
+    y = _empty(x.shape, x.dtype, dev, _memory_format(layout))
+    _, (y_n, y_c, y_p) = layout_of(y)
+    sg = _empty((N, P), acc, dev)
+    spatial_gate_kernel[(N, n_pb)](
+        x, y, cg, smap, wc, bc if bc is not None else wc, sg, C, P, H, W,
+        s_n, s_c, s_p, y_n, y_c, y_p,
+        LAYOUT=layout, KSIZE=K, HAS_CONV_BIAS=bc is not None,
+        BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, num_warps=blk.warps,
+    )
+    return y, Saved(cg=cg, sg=sg, smap=smap, sidx=sidx)
+
+
+# ----------------------------------------------------------------------------- backward
+
+
+def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: bool, need_conv: bool):
+    """Fused CBAM backward.
+
+    dy: [N, C, H, W] in any strides (stride-0 expanded included); x and the parameters as given
+    to :func:`cbam_forward`. Returns (dx or None, (dw1, db1, dw2, db2) or None, (dwc, dbc) or
+    None): dx in x's dtype and memory format, parameter gradients in the acc dtype
+    (dwc flat ``[2*K*K]``, dbc ``[1]``).
+    """
+    x, layout, (s_xn, s_xc, s_xp) = prepare_input(x)
+    dy_layout, dy_strides = layout_of(dy)
+    if dy_layout is None:
+        dy = dy.contiguous(memory_format=_memory_format(layout))
+        dy_layout, dy_strides = layout_of(dy)
+    s_gn, s_gc, s_gp = dy_strides
+    N, C, H, W = x.shape
+    P = H * W
+    HID = w1.shape[0]
+    K = math.isqrt(wc.numel() // 2)
+    dev, acc = x.device, acc_dtype(x.dtype)
+    blk = blocks_for(layout, x.dtype)
+    n_pb = triton.cdiv(P, blk.stream_p)
+    grid = (N, n_pb)
+    stream = dict(BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, num_warps=blk.warps)
+
+    # pass 1: dz, first half of dL/dcg, channel-pool partials (one split per position block)
+    dz = _empty((N, P), acc, dev)
+    psum = _empty((N, n_pb, C), acc, dev)
+    pmax = _empty((N, n_pb, C), acc, dev)
+    pidx = _empty((N, n_pb, C), torch.int32, dev)
+    pdcg = _empty((N, n_pb, C), acc, dev)
+    bwd_reduce_kernel[grid](
+        x, dy, saved.cg, saved.sg, dz, psum, pmax, pidx, pdcg, C, P,
+        s_xn, s_xc, s_xp, s_gn, s_gc, s_gp, X_LAYOUT=layout, DY_LAYOUT=dy_layout, **stream,
+    )
+
+    # pass 2: transposed conv, conv weight partials, second half of dL/dcg
+    ds = _empty((N, 2, P), acc, dev)
+    pdw = _empty((N * n_pb, 2 * K * K + 1), acc, dev)
+    bwd_spatial_kernel[grid](
+        x, dz, saved.smap, saved.sidx, wc, pdcg, ds, pdw, C, P, H, W,
+        s_xn, s_xc, s_xp, X_LAYOUT=layout, KSIZE=K, **stream,
+    )
+    conv_grads = None
+    if need_conv:
+        # [N * NPB, 2K*K + 1] -> [2K*K + 1]: a fixed-order torch reduction (deterministic, tiny)
+        pdw_sum = pdw.sum(dim=0)
+        conv_grads = (pdw_sum[: 2 * K * K], pdw_sum[2 * K * K :])
+
+    if not (need_x or need_mlp):
+        return None, None, conv_grads
+
+    has_bias = b1 is not None
+    mlp = dict(BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, num_warps=blk.mlp_warps)
+    vscr = _empty((N, 2, C), acc, dev)
+    da = _empty((N, C), acc, dev)
+    dpre = _empty((N, 2, HID), acc, dev)
+    hs = _empty((N, HID), acc, dev)
+    dpool = _empty((N, 2, C), acc, dev)
+    idxp = _empty((N, C), torch.int32, dev)
+    channel_mlp_bwd_kernel[(N,)](
+        psum, pmax, pidx, pdcg, saved.cg, w1, b1 if has_bias else w1, w2,
+        vscr, da, dpre, hs, dpool, idxp, C, HID, P, n_pb, HAS_BIAS=has_bias, **mlp,
+    )
+
+    mlp_grads = None
+    if need_mlp:
+        dw1 = _empty((HID, C), acc, dev)
+        dw2 = _empty((C, HID), acc, dev)
+        db1 = _empty((HID,), acc, dev) if has_bias else None
+        db2 = _empty((C,), acc, dev) if has_bias else None
+        channel_mlp_wgrad_kernel[(triton.cdiv(HID, blk.mlp_h), triton.cdiv(C, blk.mlp_c))](
+            vscr, da, dpre, hs, dw1, db1 if has_bias else dw1, dw2, db2 if has_bias else dw2,
+            N, C, HID, HAS_BIAS=has_bias, **mlp,
+        )
+        mlp_grads = (dw1, db1, dw2, db2)
+
+    dx = None
+    if need_x:
+        dx = _empty(x.shape, x.dtype, dev, _memory_format(layout))
+        _, (s_dn, s_dc, s_dp) = layout_of(dx)
+        bwd_dx_kernel[grid](
+            x, dy, dx, saved.cg, saved.sg, ds, saved.sidx, dpool, idxp, C, P,
+            s_xn, s_xc, s_xp, s_gn, s_gc, s_gp, s_dn, s_dc, s_dp,
+            X_LAYOUT=layout, DY_LAYOUT=dy_layout, **stream,
+        )
+    return dx, mlp_grads, conv_grads
+
+
+# ----------------------------------------------------------------------------- compile check
+
+IO_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def specializations():
+    """Every (kernel, constexprs, io dtype, num_warps) the launchers above can launch.
+
+    The compile check (tests/compile_check.py) builds each for sm_80 and sm_90. Integer scalar
+    arguments are compiled in their generic form; the JIT's value specialisations of them
+    (== 1, divisible by 16) only add alignment facts to these.
+    """
+    out = []
+    mlp_cfgs = {(b.mlp_c, b.mlp_h, b.mlp_warps) for b in BLOCKS.values()}
+    for dtype in IO_DTYPES:
+        for layout in BLOCKS:
+            blk = blocks_for(layout, dtype)
+            stream = {"BLOCK_C": blk.stream_c, "BLOCK_P": blk.stream_p}
+            w = blk.warps
+            out.append((channel_pool_kernel, dict(LAYOUT=layout, BLOCK_C=blk.pool_c, BLOCK_P=blk.pool_p), dtype, w))
+            out.append((spatial_pool_kernel, dict(LAYOUT=layout, **stream), dtype, w))
+            for k in KERNEL_SIZES:
+                out.append((bwd_spatial_kernel, dict(X_LAYOUT=layout, KSIZE=k, **stream), dtype, w))
+                for has_bias in (False, True):
+                    out.append((spatial_gate_kernel, dict(LAYOUT=layout, KSIZE=k, HAS_CONV_BIAS=has_bias, **stream), dtype, w))
+            for dy_layout in (LAYOUT_PCONTIG, LAYOUT_CCONTIG, LAYOUT_STRIDED):
+                out.append((bwd_reduce_kernel, dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **stream), dtype, w))
+                out.append((bwd_dx_kernel, dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **stream), dtype, w))
+        if acc_dtype(dtype) == dtype:  # the MLP kernels see only acc-dtype data
+            for block_c, block_h, warps in sorted(mlp_cfgs):
+                for has_bias in (False, True):
+                    for kernel in (channel_mlp_fwd_kernel, channel_mlp_bwd_kernel, channel_mlp_wgrad_kernel):
+                        out.append((kernel, dict(HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_H=block_h), dtype, warps))
+    return out

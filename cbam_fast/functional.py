@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import reference
 from .kernels import KERNEL_SIZES, Saved, acc_dtype, cbam_backward, cbam_forward
@@ -115,6 +114,21 @@ def _kernel_params(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, c
     return prep(fc1_weight), b1, prep(fc2_weight), b2, prep(conv_weight).view(-1), prep(conv_bias)
 
 
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity on a gradient; differentiating through it raises a clear error."""
+
+    @staticmethod
+    def forward(ctx, grad):
+        return grad.view_as(grad)
+
+    @staticmethod
+    def backward(ctx, _):
+        raise RuntimeError(
+            "cbam_fast: double backward (differentiating the gradients of CBAM, create_graph=True) "
+            "is not supported; use CBAM_FAST_BACKEND=torch for higher-order gradients"
+        )
+
+
 class _CBAMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias):
@@ -126,7 +140,6 @@ class _CBAMFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
         x, cg, sg, smap, sidx, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias = ctx.saved_tensors
         w1, b1, w2, _, wc, _ = _kernel_params(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias)
@@ -146,6 +159,8 @@ class _CBAMFunction(torch.autograd.Function):
                 grads[5] = dwc.view_as(conv_weight).to(conv_weight.dtype)
             if need[6] and conv_bias is not None:
                 grads[6] = dbc.to(conv_bias.dtype)
+        if torch.is_grad_enabled():  # create_graph=True: mark the gradients as not differentiable
+            grads = [None if g is None else _NoDoubleBackward.apply(g.detach().requires_grad_()) for g in grads]
         return tuple(grads)
 
 

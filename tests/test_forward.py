@@ -1,0 +1,99 @@
+"""Forward of the fused kernels against the reference, every dtype, layout, odd shape and k."""
+
+import pytest
+import torch
+
+from utils import DTYPES, FORMATS, assert_close_three_way, make_params, run_cbam, run_reference, tie_free_input
+
+# (N, C, H, W, reduction): H*W = 1, 7x7, 13x17 (more than one pooling split and position block),
+# C = 1, 3, 24, 64, 80 (several and partial channel blocks), reductions that do not divide C.
+SHAPES = [
+    (2, 24, 13, 17, 5),
+    (2, 64, 7, 7, 16),
+    (1, 3, 1, 1, 16),
+    (3, 24, 1, 1, 16),
+    (2, 1, 13, 17, 16),
+    (2, 80, 6, 5, 16),
+]
+
+
+def _id(shape):
+    n, c, h, w, r = shape
+    return f"{n}x{c}x{h}x{w}-r{r}"
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_forward_matches_reference(triton_backend, device, dtype, fmt, shape, k):
+    N, C, H, W, r = shape
+    dtype, memory_format = DTYPES[dtype], FORMATS[fmt]
+    params = make_params(C, r, k, device)
+    x = tie_free_input((N, C, H, W), dtype, params, device, memory_format)
+
+    y = run_cbam(x, params)
+
+    assert y.is_contiguous(memory_format=memory_format), "output must keep the input's memory format"
+    ref_hi = run_reference(x.double(), {n: None if p is None else p.double() for n, p in params.items()})
+    ref_same = run_reference(x, params)
+    assert_close_three_way("y", y, ref_same, ref_hi)
+
+
+@pytest.mark.parametrize(
+    "mlp_bias,conv_bias", [(False, False), (True, True), (False, True)], ids=["no-bias", "conv-bias", "conv-bias-only"]
+)
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+def test_forward_bias_variants(triton_backend, device, fmt, mlp_bias, conv_bias):
+    params = make_params(24, 4, 7, device, mlp_bias=mlp_bias, conv_bias=conv_bias)
+    x = tie_free_input((2, 24, 9, 11), torch.float32, params, device, FORMATS[fmt])
+    y = run_cbam(x, params)
+    ref_hi = run_reference(x.double(), {n: None if p is None else p.double() for n, p in params.items()})
+    assert_close_three_way("y", y, run_reference(x, params), ref_hi)
+
+
+def test_forward_fp64_is_exact_to_rounding(triton_backend, device):
+    params = make_params(24, 5, 5, device, dtype=torch.float64, conv_bias=True)
+    x = tie_free_input((2, 24, 13, 17), torch.float64, params, device)
+    torch.testing.assert_close(run_cbam(x, params), run_reference(x, params), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+def test_half_parameters(triton_backend, device, fmt):
+    """A model converted with .half()/.bfloat16() holds parameters in the input's dtype."""
+    for dtype in (torch.float16, torch.bfloat16):
+        params32 = make_params(24, 4, 7, device)
+        params = {n: None if p is None else p.to(dtype) for n, p in params32.items()}
+        x = tie_free_input((2, 24, 9, 11), dtype, params, device, FORMATS[fmt])
+        ref_hi = run_reference(x.double(), {n: None if p is None else p.double() for n, p in params.items()})
+        assert_close_three_way("y", run_cbam(x, params), run_reference(x, params), ref_hi)
+
+
+def test_non_dense_input_is_served(triton_backend, device):
+    """A channel slice keeps its strides (no copy); a W slice cannot merge H and W and is copied."""
+    params = make_params(24, 4, 3, device)
+    base = tie_free_input((2, 48, 9, 22), torch.float32, make_params(48, 4, 3, device), device)
+    for x in (base[:, ::2], base[:, :24, :, ::2]):
+        ref_hi = run_reference(x.double(), {n: None if p is None else p.double() for n, p in params.items()})
+        assert_close_three_way("y", run_cbam(x, params), run_reference(x, params), ref_hi)
+
+
+def test_module_matches_functional(triton_backend, device):
+    import cbam_fast
+
+    m = cbam_fast.CBAM(24, reduction_ratio=5, kernel_size=5).to(device)
+    params = dict(zip(
+        ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias", "conv_weight", "conv_bias"),
+        (m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, m.conv.weight, m.conv.bias),
+    ))
+    x = tie_free_input((2, 24, 6, 7), torch.float32, params, device)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), run_reference(x, params), rtol=1e-5, atol=1e-6)
+    assert m.fc1.out_features == 4 and m.conv.bias is None
+
+
+def test_empty_batch(triton_backend, device):
+    params = make_params(8, 4, 3, device)
+    x = torch.randn(0, 8, 5, 5, device=device)
+    y = run_cbam(x, params)
+    assert y.shape == x.shape

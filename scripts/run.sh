@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Set up the project's virtual environment (idempotent) and run the tests or the benchmarks.
+#
+#   bash scripts/run.sh test  [pytest args]   # tests/      (CPU: Triton interpreter; CUDA: compiled kernels)
+#   bash scripts/run.sh bench [pytest args]   # benchmarks/ (CUDA: timings; CPU: small-shape correctness only)
+#
+# CPU machine: installs the CPU wheel torch==2.13.0. CUDA machine: the venv sees the system's
+# torch/triton (--system-site-packages) and installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+job=${1:-}
+shift || true
+case "$job" in
+  test) target=tests ;;
+  bench) target=benchmarks ;;
+  *) echo "usage: bash scripts/run.sh {test|bench} [pytest args]" >&2; exit 2 ;;
+esac
+
+venv=${CBAM_FAST_VENV:-.venv}
+python=${PYTHON:-python3}
+has_cuda() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+
+if [ ! -x "$venv/bin/python" ]; then
+  if has_cuda; then
+    "$python" -m venv --system-site-packages "$venv"
+  else
+    "$python" -m venv "$venv"
+  fi
+fi
+# shellcheck disable=SC1091
+. "$venv/bin/activate"
+pip_install() { python -m pip install --disable-pip-version-check -q "$@"; }
+
+if ! python -c "import torch" 2>/dev/null; then
+  if has_cuda; then pip_install "torch>=2.4"; else pip_install "torch==2.13.0"; fi
+fi
+python -c "import triton" 2>/dev/null || pip_install "triton>=3.1"
+python -c "import pytest, pytest_benchmark, numpy" 2>/dev/null || pip_install "pytest>=8" "pytest-benchmark>=4" numpy
+python -c "import setuptools" 2>/dev/null || pip_install "setuptools>=64"
+python -c "import importlib.metadata as m; m.version('cbam_fast')" 2>/dev/null \
+  || pip_install --no-deps --no-build-isolation -e .
+
+python -c "import torch, triton; print(f'cbam_fast env: torch {torch.__version__}, triton {triton.__version__}, cuda {torch.cuda.is_available()}')"
+exec python -m pytest "$target" "$@"

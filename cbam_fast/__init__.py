@@ -10,8 +10,9 @@ from ._kernels_path import ensure_kernels_importable
 ensure_kernels_importable()
 
 from . import reference  # noqa: E402
+from .convert import UnsupportedModule, convert  # noqa: E402
 from .functional import BACKENDS, backend, cbam  # noqa: E402
 from .module import CBAM  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["BACKENDS", "CBAM", "backend", "cbam", "reference", "__version__"]
+__all__ = ["BACKENDS", "CBAM", "UnsupportedModule", "backend", "cbam", "convert", "reference", "__version__"]

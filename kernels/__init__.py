@@ -4,6 +4,11 @@ Installed as ``cbam_fast.kernels`` (pyproject maps the repository's top-level ``
 folder there); never imported as a top-level ``kernels`` package.
 """
 
-from .launch import BLOCKS, KERNEL_SIZES, Saved, acc_dtype, cbam_backward, cbam_forward
+from .launch import (
+    BLOCKS, KERNEL_SIZES, POOL_AVG, POOL_AVG_MAX, POOL_LIGHT, ChannelMLP, Saved, acc_dtype, cbam_backward, cbam_forward,
+)
 
-__all__ = ["BLOCKS", "KERNEL_SIZES", "Saved", "acc_dtype", "cbam_backward", "cbam_forward"]
+__all__ = [
+    "BLOCKS", "KERNEL_SIZES", "POOL_AVG", "POOL_AVG_MAX", "POOL_LIGHT", "ChannelMLP", "Saved", "acc_dtype",
+    "cbam_backward", "cbam_forward",
+]

@@ -83,61 +83,79 @@ def _reduce_pool_partials(PSUM, PMAX, PIDX, n, o_c, m_c, C, P, n_splits):
 
 
 @triton.jit
+def _matvec(M, o_r, m_r, V, n_k, s_r, s_k, BLOCK_K: tl.constexpr):
+    """``out[r] = sum_k M[r * s_r + k * s_k] * V[k]`` for the rows o_r, k < n_k (V contiguous)."""
+    out = tl.zeros(o_r.shape, dtype=M.dtype.element_ty)
+    for k0 in range(0, n_k, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        m_k = o_k < n_k
+        w = tl.load(M + o_r[:, None] * s_r + o_k[None, :] * s_k, mask=m_r[:, None] & m_k[None, :], other=0.0)
+        out += tl.sum(w * tl.load(V + o_k, mask=m_k, other=0.0)[None, :], axis=1)
+    return out
+
+
+@triton.jit
 def channel_mlp_fwd_kernel(
     PSUM, PMAX, PIDX, W1, B1, W2, B2, CG, VSCR, HSCR,
     C, HID, P, n_splits,
-    HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
+    POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    """cg[n] = sigmoid(W2 (relu(W1 avg + b1) + relu(W1 max + b1)) + 2 b2), one program per n.
+    """The channel gate of one sample; grid ``(N,)``.
 
-    ``VSCR``: ``[N, 2, C]`` scratch (avg, max); ``HSCR``: ``[N, HID]`` scratch (summed hidden).
-    Grid: ``(N,)``.
+    POOL selects the MLP inputs: 0 (avg+max): ``cg = sigmoid(MLP(avg) + MLP(max))``; 1 (avg):
+    ``sigmoid(MLP(avg))``; 2 (light): ``sigmoid(MLP(avg / 2 + max / 2))``. With TWO_LAYER
+    ``MLP(v) = W2 relu(W1 v + b1) + b2`` (``W1`` ``[HID, C]``, ``W2`` ``[C, HID]``), else the single
+    layer ``W1 v + b1`` (``W1`` ``[C, C]``, HID == C).
+    ``VSCR``: ``[N, 2, C]`` scratch (MLP input v0, max); ``HSCR``: ``[N, HID]`` (summed hidden).
     """
-    acc_ty = CG.dtype.element_ty
     n = tl.program_id(0).to(tl.int64)
+    v0_row = VSCR + (n * 2) * C
+    v1_row = VSCR + (n * 2 + 1) * C
     # 1. finish the pooling
     for c0 in range(0, C, BLOCK_C):
         o_c = c0 + tl.arange(0, BLOCK_C)
         m_c = o_c < C
         v_avg, v_max, _ = _reduce_pool_partials(PSUM, PMAX, PIDX, n, o_c, m_c, C, P, n_splits)
-        tl.store(VSCR + (n * 2) * C + o_c, v_avg, mask=m_c)
-        tl.store(VSCR + (n * 2 + 1) * C + o_c, v_max, mask=m_c)
+        if POOL == 2:
+            v_avg = 0.5 * v_avg + 0.5 * v_max
+        tl.store(v0_row + o_c, v_avg, mask=m_c)
+        tl.store(v1_row + o_c, v_max, mask=m_c)
     tl.debug_barrier()
-    # 2. hidden layer on both pooled vectors; the second layer is linear, so sum before it
+    # 2. first layer on the pooled vector(s); a two-layer MLP's output layer is linear, so the
+    #    avg and max branches are summed before it
     for h0 in range(0, HID, BLOCK_H):
         o_h = h0 + tl.arange(0, BLOCK_H)
         m_h = o_h < HID
-        pre_avg = tl.zeros([BLOCK_H], dtype=acc_ty)
-        pre_max = tl.zeros([BLOCK_H], dtype=acc_ty)
+        pre = _matvec(W1, o_h, m_h, v0_row, C, C, 1, BLOCK_C)
+        if HAS_BIAS:
+            pre += tl.load(B1 + o_h, mask=m_h, other=0.0)
+        if TWO_LAYER:
+            pre = tl.maximum(pre, 0.0)
+        if POOL == 0:
+            pre1 = _matvec(W1, o_h, m_h, v1_row, C, C, 1, BLOCK_C)
+            if HAS_BIAS:
+                pre1 += tl.load(B1 + o_h, mask=m_h, other=0.0)
+            if TWO_LAYER:
+                pre1 = tl.maximum(pre1, 0.0)
+            pre += pre1
+        if TWO_LAYER:
+            tl.store(HSCR + n * HID + o_h, pre, mask=m_h)
+        else:
+            tl.store(CG + n * C + o_h, sigmoid(pre), mask=m_h)
+    if TWO_LAYER:
+        tl.debug_barrier()
+        # 3. output layer and gate
         for c0 in range(0, C, BLOCK_C):
             o_c = c0 + tl.arange(0, BLOCK_C)
             m_c = o_c < C
-            w = tl.load(W1 + o_h[:, None] * C + o_c[None, :], mask=m_h[:, None] & m_c[None, :], other=0.0)
-            v_avg = tl.load(VSCR + (n * 2) * C + o_c, mask=m_c, other=0.0)
-            v_max = tl.load(VSCR + (n * 2 + 1) * C + o_c, mask=m_c, other=0.0)
-            pre_avg += tl.sum(w * v_avg[None, :], axis=1)
-            pre_max += tl.sum(w * v_max[None, :], axis=1)
-        if HAS_BIAS:
-            b = tl.load(B1 + o_h, mask=m_h, other=0.0)
-            pre_avg += b
-            pre_max += b
-        hid = tl.maximum(pre_avg, 0.0) + tl.maximum(pre_max, 0.0)
-        tl.store(HSCR + n * HID + o_h, hid, mask=m_h)
-    tl.debug_barrier()
-    # 3. output layer and gate
-    for c0 in range(0, C, BLOCK_C):
-        o_c = c0 + tl.arange(0, BLOCK_C)
-        m_c = o_c < C
-        a = tl.zeros([BLOCK_C], dtype=acc_ty)
-        for h0 in range(0, HID, BLOCK_H):
-            o_h = h0 + tl.arange(0, BLOCK_H)
-            m_h = o_h < HID
-            w = tl.load(W2 + o_c[:, None] * HID + o_h[None, :], mask=m_c[:, None] & m_h[None, :], other=0.0)
-            hid = tl.load(HSCR + n * HID + o_h, mask=m_h, other=0.0)
-            a += tl.sum(w * hid[None, :], axis=1)
-        if HAS_BIAS:
-            a += 2.0 * tl.load(B2 + o_c, mask=m_c, other=0.0)
-        tl.store(CG + n * C + o_c, sigmoid(a), mask=m_c)
+            a = _matvec(W2, o_c, m_c, HSCR + n * HID, HID, HID, 1, BLOCK_H)
+            if HAS_BIAS:
+                b2 = tl.load(B2 + o_c, mask=m_c, other=0.0)
+                a += b2
+                if POOL == 0:  # MLP(avg) + MLP(max) holds b2 twice
+                    a += b2
+            tl.store(CG + n * C + o_c, sigmoid(a), mask=m_c)
 
 
 @triton.jit
@@ -145,75 +163,83 @@ def channel_mlp_bwd_kernel(
     PSUM, PMAX, PIDX, PDCG, CG, W1, B1, W2,
     VSCR, DA, DPRE, HS, DPOOL, IDXP,
     C, HID, P, n_splits,
-    HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
+    POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    """Backward of the channel gate for one sample; grid ``(N,)``.
+    """Backward of the channel gate for one sample; grid ``(N,)``. POOL, TWO_LAYER as forward.
 
     Inputs: pooling partials recomputed by the first backward pass, ``PDCG`` ``[N, S, C]``
     partials of dL/dcg, ``CG`` ``[N, C]``.
-    Outputs (acc dtype): ``VSCR`` ``[N, 2, C]`` (avg, max), ``DA`` ``[N, C]`` (dL/d pre-sigmoid),
-    ``DPRE`` ``[N, 2, HID]`` (dL/d hidden pre-activation for avg and max), ``HS`` ``[N, HID]``
-    (summed hidden activation), ``DPOOL`` ``[N, 2, C]`` (dL/dx for every element from the
-    avg pool, i.e. d avg / P, and dL/d max for the argmax element), ``IDXP`` ``[N, C]`` int32
-    (argmax position).
+    Outputs (acc dtype): ``VSCR`` ``[N, 2, C]`` (MLP input v0, max), ``DA`` ``[N, C]`` (dL/d
+    pre-sigmoid), ``DPRE`` ``[N, 2, HID]`` (dL/d first-layer output for v0 and, with POOL 0, max;
+    zero otherwise), ``HS`` ``[N, HID]`` (summed hidden activation, TWO_LAYER), ``DPOOL``
+    ``[N, 2, C]`` (dL/d avg / P, which every element of the row receives, and dL/d max, which
+    the argmax element receives), ``IDXP`` ``[N, C]`` int32 (argmax position).
     """
-    acc_ty = CG.dtype.element_ty
     n = tl.program_id(0).to(tl.int64)
+    v0_row = VSCR + (n * 2) * C
+    v1_row = VSCR + (n * 2 + 1) * C
+    da_row = DA + n * C
+    dp0_row = DPRE + (n * 2) * HID
+    dp1_row = DPRE + (n * 2 + 1) * HID
     # 1. pooled vectors, their argmax, and dL/da = dL/dcg * cg * (1 - cg)
     for c0 in range(0, C, BLOCK_C):
         o_c = c0 + tl.arange(0, BLOCK_C)
         m_c = o_c < C
         v_avg, v_max, v_idx = _reduce_pool_partials(PSUM, PMAX, PIDX, n, o_c, m_c, C, P, n_splits)
-        dcg = tl.zeros([BLOCK_C], dtype=acc_ty)
+        if POOL == 2:
+            v_avg = 0.5 * v_avg + 0.5 * v_max
+        dcg = tl.zeros([BLOCK_C], dtype=v_avg.dtype)
         for s in range(0, n_splits):
             dcg += tl.load(PDCG + (n * n_splits + s) * C + o_c, mask=m_c, other=0.0)
         cg = tl.load(CG + n * C + o_c, mask=m_c, other=0.0)
-        tl.store(VSCR + (n * 2) * C + o_c, v_avg, mask=m_c)
-        tl.store(VSCR + (n * 2 + 1) * C + o_c, v_max, mask=m_c)
+        tl.store(v0_row + o_c, v_avg, mask=m_c)
+        tl.store(v1_row + o_c, v_max, mask=m_c)
         tl.store(IDXP + n * C + o_c, v_idx, mask=m_c)
-        tl.store(DA + n * C + o_c, dcg * cg * (1.0 - cg), mask=m_c)
+        tl.store(da_row + o_c, dcg * cg * (1.0 - cg), mask=m_c)
     tl.debug_barrier()
-    # 2. recompute the hidden pre-activations; back through the output layer and the ReLUs
+    # 2. dL/d first-layer output: through the output layer and the ReLUs (recomputing the
+    #    pre-activations), or dL/da itself for a single layer
     for h0 in range(0, HID, BLOCK_H):
         o_h = h0 + tl.arange(0, BLOCK_H)
         m_h = o_h < HID
-        pre_avg = tl.zeros([BLOCK_H], dtype=acc_ty)
-        pre_max = tl.zeros([BLOCK_H], dtype=acc_ty)
-        d_hid = tl.zeros([BLOCK_H], dtype=acc_ty)
-        for c0 in range(0, C, BLOCK_C):
-            o_c = c0 + tl.arange(0, BLOCK_C)
-            m_c = o_c < C
-            m_hc = m_h[:, None] & m_c[None, :]
-            w1 = tl.load(W1 + o_h[:, None] * C + o_c[None, :], mask=m_hc, other=0.0)
-            w2t = tl.load(W2 + o_c[None, :] * HID + o_h[:, None], mask=m_hc, other=0.0)
-            v_avg = tl.load(VSCR + (n * 2) * C + o_c, mask=m_c, other=0.0)
-            v_max = tl.load(VSCR + (n * 2 + 1) * C + o_c, mask=m_c, other=0.0)
-            da = tl.load(DA + n * C + o_c, mask=m_c, other=0.0)
-            pre_avg += tl.sum(w1 * v_avg[None, :], axis=1)
-            pre_max += tl.sum(w1 * v_max[None, :], axis=1)
-            d_hid += tl.sum(w2t * da[None, :], axis=1)
-        if HAS_BIAS:
-            b = tl.load(B1 + o_h, mask=m_h, other=0.0)
-            pre_avg += b
-            pre_max += b
-        tl.store(DPRE + (n * 2) * HID + o_h, tl.where(pre_avg > 0.0, d_hid, 0.0), mask=m_h)
-        tl.store(DPRE + (n * 2 + 1) * HID + o_h, tl.where(pre_max > 0.0, d_hid, 0.0), mask=m_h)
-        tl.store(HS + n * HID + o_h, tl.maximum(pre_avg, 0.0) + tl.maximum(pre_max, 0.0), mask=m_h)
+        if TWO_LAYER:
+            d_hid = _matvec(W2, o_h, m_h, da_row, C, 1, HID, BLOCK_C)
+            pre0 = _matvec(W1, o_h, m_h, v0_row, C, C, 1, BLOCK_C)
+            if HAS_BIAS:
+                pre0 += tl.load(B1 + o_h, mask=m_h, other=0.0)
+            dp0 = tl.where(pre0 > 0.0, d_hid, 0.0)
+            hs = tl.maximum(pre0, 0.0)
+            dp1 = tl.zeros([BLOCK_H], dtype=dp0.dtype)
+            if POOL == 0:
+                pre1 = _matvec(W1, o_h, m_h, v1_row, C, C, 1, BLOCK_C)
+                if HAS_BIAS:
+                    pre1 += tl.load(B1 + o_h, mask=m_h, other=0.0)
+                dp1 = tl.where(pre1 > 0.0, d_hid, 0.0)
+                hs += tl.maximum(pre1, 0.0)
+            tl.store(HS + n * HID + o_h, hs, mask=m_h)
+        else:
+            dp0 = tl.load(da_row + o_h, mask=m_h, other=0.0)
+            dp1 = tl.zeros([BLOCK_H], dtype=dp0.dtype)
+            if POOL == 0:
+                dp1 = dp0
+        tl.store(dp0_row + o_h, dp0, mask=m_h)
+        tl.store(dp1_row + o_h, dp1, mask=m_h)
     tl.debug_barrier()
-    # 3. back through the hidden layer to the pooled vectors
+    # 3. back through the first layer to the pooled vectors
     for c0 in range(0, C, BLOCK_C):
         o_c = c0 + tl.arange(0, BLOCK_C)
         m_c = o_c < C
-        d_avg = tl.zeros([BLOCK_C], dtype=acc_ty)
-        d_max = tl.zeros([BLOCK_C], dtype=acc_ty)
-        for h0 in range(0, HID, BLOCK_H):
-            o_h = h0 + tl.arange(0, BLOCK_H)
-            m_h = o_h < HID
-            w1t = tl.load(W1 + o_h[None, :] * C + o_c[:, None], mask=m_c[:, None] & m_h[None, :], other=0.0)
-            dp_avg = tl.load(DPRE + (n * 2) * HID + o_h, mask=m_h, other=0.0)
-            dp_max = tl.load(DPRE + (n * 2 + 1) * HID + o_h, mask=m_h, other=0.0)
-            d_avg += tl.sum(w1t * dp_avg[None, :], axis=1)
-            d_max += tl.sum(w1t * dp_max[None, :], axis=1)
+        d_v0 = _matvec(W1, o_c, m_c, dp0_row, HID, 1, C, BLOCK_H)
+        if POOL == 0:
+            d_avg = d_v0
+            d_max = _matvec(W1, o_c, m_c, dp1_row, HID, 1, C, BLOCK_H)
+        elif POOL == 1:
+            d_avg = d_v0
+            d_max = tl.zeros([BLOCK_C], dtype=d_v0.dtype)
+        else:
+            d_avg = 0.5 * d_v0
+            d_max = 0.5 * d_v0
         tl.store(DPOOL + (n * 2) * C + o_c, d_avg / P, mask=m_c)
         tl.store(DPOOL + (n * 2 + 1) * C + o_c, d_max, mask=m_c)
 
@@ -222,12 +248,14 @@ def channel_mlp_bwd_kernel(
 def channel_mlp_wgrad_kernel(
     VSCR, DA, DPRE, HS, DW1, DB1, DW2, DB2,
     N, C, HID,
-    HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
+    POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     """MLP weight gradients, summed over the batch in a fixed order (deterministic).
 
-    ``DW1`` ``[HID, C]``, ``DW2`` ``[C, HID]``, ``DB1`` ``[HID]``, ``DB2`` ``[C]``, acc dtype.
-    Grid: ``(cdiv(HID, BLOCK_H), cdiv(C, BLOCK_C))``; each program owns one tile of each weight.
+    ``DW1`` ``[HID, C]``, ``DB1`` ``[HID]``; with TWO_LAYER ``DW2`` ``[C, HID]``, ``DB2`` ``[C]``;
+    acc dtype. Grid: ``(cdiv(HID, BLOCK_H), cdiv(C, BLOCK_C))``: each program owns one tile of
+    each weight.
     """
     acc_ty = DW1.dtype.element_ty
     pid_h = tl.program_id(0)
@@ -241,20 +269,28 @@ def channel_mlp_wgrad_kernel(
     g_b1 = tl.zeros([BLOCK_H], dtype=acc_ty)
     g_b2 = tl.zeros([BLOCK_C], dtype=acc_ty)
     for n in range(0, N):  # the [N, *] rows here are tiny: int32 offsets suffice
-        dp_avg = tl.load(DPRE + (n * 2) * HID + o_h, mask=m_h, other=0.0)
-        dp_max = tl.load(DPRE + (n * 2 + 1) * HID + o_h, mask=m_h, other=0.0)
-        hs = tl.load(HS + n * HID + o_h, mask=m_h, other=0.0)
-        v_avg = tl.load(VSCR + (n * 2) * C + o_c, mask=m_c, other=0.0)
-        v_max = tl.load(VSCR + (n * 2 + 1) * C + o_c, mask=m_c, other=0.0)
-        da = tl.load(DA + n * C + o_c, mask=m_c, other=0.0)
-        g_w1 += dp_avg[:, None] * v_avg[None, :] + dp_max[:, None] * v_max[None, :]
-        g_w2 += da[:, None] * hs[None, :]
-        g_b1 += dp_avg + dp_max
-        g_b2 += da
+        dp0 = tl.load(DPRE + (n * 2) * HID + o_h, mask=m_h, other=0.0)
+        v0 = tl.load(VSCR + (n * 2) * C + o_c, mask=m_c, other=0.0)
+        g_w1 += dp0[:, None] * v0[None, :]
+        g_b1 += dp0
+        if POOL == 0:
+            dp1 = tl.load(DPRE + (n * 2 + 1) * HID + o_h, mask=m_h, other=0.0)
+            v1 = tl.load(VSCR + (n * 2 + 1) * C + o_c, mask=m_c, other=0.0)
+            g_w1 += dp1[:, None] * v1[None, :]
+            g_b1 += dp1
+        if TWO_LAYER:
+            da = tl.load(DA + n * C + o_c, mask=m_c, other=0.0)
+            hs = tl.load(HS + n * HID + o_h, mask=m_h, other=0.0)
+            g_w2 += da[:, None] * hs[None, :]
+            g_b2 += da
     tl.store(DW1 + o_h[:, None] * C + o_c[None, :], g_w1, mask=m_h[:, None] & m_c[None, :])
-    tl.store(DW2 + o_c[:, None] * HID + o_h[None, :], g_w2, mask=m_c[:, None] & m_h[None, :])
     if HAS_BIAS:
         if pid_c == 0:
             tl.store(DB1 + o_h, g_b1, mask=m_h)
-        if pid_h == 0:
-            tl.store(DB2 + o_c, 2.0 * g_b2, mask=m_c)
+    if TWO_LAYER:
+        tl.store(DW2 + o_c[:, None] * HID + o_h[None, :], g_w2, mask=m_c[:, None] & m_h[None, :])
+        if HAS_BIAS:
+            if pid_h == 0:
+                if POOL == 0:
+                    g_b2 = 2.0 * g_b2
+                tl.store(DB2 + o_c, g_b2, mask=m_c)

@@ -136,6 +136,20 @@ def _memory_format(layout: int):
 
 # ----------------------------------------------------------------------------- forward
 
+POOL_AVG_MAX, POOL_AVG, POOL_LIGHT = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelMLP:
+    """How the channel gate is formed (compile-time options of the MLP kernels).
+
+    pool: POOL_AVG_MAX (``MLP(avg) + MLP(max)``), POOL_AVG (``MLP(avg)``) or POOL_LIGHT
+    (``MLP(avg / 2 + max / 2)``). two_layer: ``W2 relu(W1 v + b1) + b2``, else ``W1 v + b1``.
+    """
+
+    pool: int = POOL_AVG_MAX
+    two_layer: bool = True
+
 
 @dataclasses.dataclass
 class Saved:
@@ -156,13 +170,16 @@ def _pool_splits(n_rows: int, P: int, block_p: int, device: torch.device) -> int
     return max(1, min(triton.cdiv(P, block_p), triton.cdiv(target, n_rows)))
 
 
-def cbam_forward(x, w1, b1, w2, b2, wc, bc):
+def cbam_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spatial_preact=None):
     """Fused CBAM forward.
 
     x: [N, C, H, W] fp16/bf16/fp32/fp64, NCHW or channels_last (other strides are copied).
-    w1: [HID, C], b1: [HID] or None, w2: [C, HID], b2: [C] or None (both or neither),
-    wc: [2*K*K] (max taps, then mean taps), bc: [1] or None -- parameters in the acc dtype,
-    contiguous. Returns (y in x's memory format and dtype, Saved).
+    w1: [HID, C], b1: [HID] or None, w2: [C, HID] or None (single layer), b2: [C] or None (b1
+    and b2 both given or both None), wc: [2*K*K] (max taps, then mean taps), bc: [1] or None --
+    parameters in the acc dtype, contiguous.
+    spatial_preact: None, or a function ``smap [N, 2, H, W] -> pre-activation [N, 1, H, W]``
+    (the conv and a training-mode BatchNorm, in PyTorch ops) used instead of the in-kernel conv.
+    Returns (y in x's memory format and dtype, Saved).
     """
     x, layout, (s_n, s_c, s_p) = prepare_input(x)
     N, C, H, W = x.shape
@@ -189,9 +206,10 @@ def cbam_forward(x, w1, b1, w2, b2, wc, bc):
     hscr = _empty((N, HID), acc, dev)
     has_bias = b1 is not None
     channel_mlp_fwd_kernel[(N,)](
-        psum, pmax, pidx, w1, b1 if has_bias else w1, w2, b2 if has_bias else w2, cg, vscr, hscr,
-        C, HID, P, n_splits,
-        HAS_BIAS=has_bias, BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, num_warps=blk.mlp_warps,
+        psum, pmax, pidx, w1, b1 if has_bias else w1, w2 if w2 is not None else w1,
+        b2 if has_bias else w1, cg, vscr, hscr, C, HID, P, n_splits,
+        POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias,
+        BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, num_warps=blk.mlp_warps,
     )
 
     n_pb = triton.cdiv(P, blk.stream_p)
@@ -202,14 +220,17 @@ def cbam_forward(x, w1, b1, w2, b2, wc, bc):
         LAYOUT=layout, BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, num_warps=blk.warps,
     )
 
+    pre_act = None
+    if spatial_preact is not None:
+        pre_act = spatial_preact(smap.view(N, 2, H, W)).reshape(N, P).to(acc).contiguous()
     y = _empty(x.shape, x.dtype, dev, _memory_format(layout))
     _, (y_n, y_c, y_p) = layout_of(y)
     sg = _empty((N, P), acc, dev)
     spatial_gate_kernel[(N, n_pb)](
-        x, y, cg, smap, wc, bc if bc is not None else wc, sg, C, P, H, W,
+        x, y, cg, smap if pre_act is None else pre_act, wc, bc if bc is not None else wc, sg, C, P, H, W,
         s_n, s_c, s_p, y_n, y_c, y_p,
-        LAYOUT=layout, KSIZE=K, HAS_CONV_BIAS=bc is not None,
-        BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, num_warps=blk.warps,
+        LAYOUT=layout, KSIZE=K if pre_act is None else 1, HAS_CONV_BIAS=pre_act is None and bc is not None,
+        PRE_ACT=pre_act is not None, BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, num_warps=blk.warps,
     )
     return y, Saved(cg=cg, sg=sg, smap=smap, sidx=sidx)
 
@@ -217,13 +238,16 @@ def cbam_forward(x, w1, b1, w2, b2, wc, bc):
 # ----------------------------------------------------------------------------- backward
 
 
-def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: bool, need_conv: bool):
+def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: bool, need_conv: bool,
+                  mlp: ChannelMLP = ChannelMLP(), dz_hook=None):
     """Fused CBAM backward.
 
-    dy: [N, C, H, W] in any strides (stride-0 expanded included); x and the parameters as given
-    to :func:`cbam_forward`. Returns (dx or None, (dw1, db1, dw2, db2) or None, (dwc, dbc) or
-    None): dx in x's dtype and memory format, parameter gradients in the acc dtype
-    (dwc flat ``[2*K*K]``, dbc ``[1]``).
+    dy: [N, C, H, W] in any strides (stride-0 expanded included); x, the parameters and ``mlp``
+    as given to :func:`cbam_forward`. dz_hook: None, or a function mapping dL/d(pre-activation)
+    ``[N, 1, H, W]`` to dL/d(conv output) (the backward of ``spatial_preact``'s BatchNorm).
+    Returns (dx or None, (dw1, db1, dw2, db2) or None, (dwc, dbc) or None, dz): dx in x's dtype
+    and memory format, parameter gradients in the acc dtype (dwc flat ``[2*K*K]``, dbc ``[1]``),
+    dz the ``[N, P]`` gradient of the spatial gate's pre-activation.
     """
     x, layout, (s_xn, s_xc, s_xp) = prepare_input(x)
     dy_layout, dy_strides = layout_of(dy)
@@ -251,12 +275,15 @@ def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
         x, dy, saved.cg, saved.sg, dz, psum, pmax, pidx, pdcg, C, P,
         s_xn, s_xc, s_xp, s_gn, s_gc, s_gp, X_LAYOUT=layout, DY_LAYOUT=dy_layout, **stream,
     )
+    dz_conv = dz
+    if dz_hook is not None:
+        dz_conv = dz_hook(dz.view(N, 1, H, W)).reshape(N, P).to(acc).contiguous()
 
     # pass 2: transposed conv, conv weight partials, second half of dL/dcg
     ds = _empty((N, 2, P), acc, dev)
     pdw = _empty((N * n_pb, 2 * K * K + 1), acc, dev)
     bwd_spatial_kernel[grid](
-        x, dz, saved.smap, saved.sidx, wc, pdcg, ds, pdw, C, P, H, W,
+        x, dz_conv, saved.smap, saved.sidx, wc, pdcg, ds, pdw, C, P, H, W,
         s_xn, s_xc, s_xp, X_LAYOUT=layout, KSIZE=K, **stream,
     )
     conv_grads = None
@@ -266,10 +293,12 @@ def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
         conv_grads = (pdw_sum[: 2 * K * K], pdw_sum[2 * K * K :])
 
     if not (need_x or need_mlp):
-        return None, None, conv_grads
+        return None, None, conv_grads, dz
 
     has_bias = b1 is not None
-    mlp = dict(BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, num_warps=blk.mlp_warps)
+    opts = dict(POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias,
+                BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, num_warps=blk.mlp_warps)
+    w2_arg = w2 if w2 is not None else w1
     vscr = _empty((N, 2, C), acc, dev)
     da = _empty((N, C), acc, dev)
     dpre = _empty((N, 2, HID), acc, dev)
@@ -277,19 +306,19 @@ def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     dpool = _empty((N, 2, C), acc, dev)
     idxp = _empty((N, C), torch.int32, dev)
     channel_mlp_bwd_kernel[(N,)](
-        psum, pmax, pidx, pdcg, saved.cg, w1, b1 if has_bias else w1, w2,
-        vscr, da, dpre, hs, dpool, idxp, C, HID, P, n_pb, HAS_BIAS=has_bias, **mlp,
+        psum, pmax, pidx, pdcg, saved.cg, w1, b1 if has_bias else w1, w2_arg,
+        vscr, da, dpre, hs, dpool, idxp, C, HID, P, n_pb, **opts,
     )
 
     mlp_grads = None
     if need_mlp:
         dw1 = _empty((HID, C), acc, dev)
-        dw2 = _empty((C, HID), acc, dev)
         db1 = _empty((HID,), acc, dev) if has_bias else None
-        db2 = _empty((C,), acc, dev) if has_bias else None
+        dw2 = _empty((C, HID), acc, dev) if mlp.two_layer else None
+        db2 = _empty((C,), acc, dev) if has_bias and mlp.two_layer else None
         channel_mlp_wgrad_kernel[(triton.cdiv(HID, blk.mlp_h), triton.cdiv(C, blk.mlp_c))](
-            vscr, da, dpre, hs, dw1, db1 if has_bias else dw1, dw2, db2 if has_bias else dw2,
-            N, C, HID, HAS_BIAS=has_bias, **mlp,
+            vscr, da, dpre, hs, dw1, db1 if db1 is not None else dw1,
+            dw2 if dw2 is not None else dw1, db2 if db2 is not None else dw1, N, C, HID, **opts,
         )
         mlp_grads = (dw1, db1, dw2, db2)
 
@@ -302,7 +331,7 @@ def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
             s_xn, s_xc, s_xp, s_gn, s_gc, s_gp, s_dn, s_dc, s_dp,
             X_LAYOUT=layout, DY_LAYOUT=dy_layout, **stream,
         )
-    return dx, mlp_grads, conv_grads
+    return dx, mlp_grads, conv_grads, dz
 
 
 # ----------------------------------------------------------------------------- compile check
@@ -326,16 +355,22 @@ def specializations():
             w = blk.warps
             out.append((channel_pool_kernel, dict(LAYOUT=layout, BLOCK_C=blk.pool_c, BLOCK_P=blk.pool_p), dtype, w))
             out.append((spatial_pool_kernel, dict(LAYOUT=layout, **stream), dtype, w))
+            gate = dict(LAYOUT=layout, KSIZE=1, HAS_CONV_BIAS=False, PRE_ACT=True, **stream)
+            out.append((spatial_gate_kernel, gate, dtype, w))
             for k in KERNEL_SIZES:
                 out.append((bwd_spatial_kernel, dict(X_LAYOUT=layout, KSIZE=k, **stream), dtype, w))
                 for has_bias in (False, True):
-                    out.append((spatial_gate_kernel, dict(LAYOUT=layout, KSIZE=k, HAS_CONV_BIAS=has_bias, **stream), dtype, w))
+                    gate = dict(LAYOUT=layout, KSIZE=k, HAS_CONV_BIAS=has_bias, PRE_ACT=False, **stream)
+                    out.append((spatial_gate_kernel, gate, dtype, w))
             for dy_layout in (LAYOUT_PCONTIG, LAYOUT_CCONTIG, LAYOUT_STRIDED):
                 out.append((bwd_reduce_kernel, dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **stream), dtype, w))
                 out.append((bwd_dx_kernel, dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **stream), dtype, w))
         if acc_dtype(dtype) == dtype:  # the MLP kernels see only acc-dtype data
             for block_c, block_h, warps in sorted(mlp_cfgs):
-                for has_bias in (False, True):
-                    for kernel in (channel_mlp_fwd_kernel, channel_mlp_bwd_kernel, channel_mlp_wgrad_kernel):
-                        out.append((kernel, dict(HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_H=block_h), dtype, warps))
+                for pool in (POOL_AVG_MAX, POOL_AVG, POOL_LIGHT):
+                    for two_layer in (True, False):
+                        for has_bias in (False, True):
+                            opts = dict(POOL=pool, TWO_LAYER=two_layer, HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_H=block_h)
+                            for kernel in (channel_mlp_fwd_kernel, channel_mlp_bwd_kernel, channel_mlp_wgrad_kernel):
+                                out.append((kernel, opts, dtype, warps))
     return out

@@ -96,18 +96,25 @@ def spatial_gate_kernel(
     X, Y, CG, SMAP, WC, BC, SG,
     C, P, H, W,
     s_xn, s_xc, s_xp, s_yn, s_yc, s_yp,
-    LAYOUT: tl.constexpr, KSIZE: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
+    LAYOUT: tl.constexpr, KSIZE: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, PRE_ACT: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """sg = sigmoid(conv(smap) + bc); y = x * cg * sg. Grid (N, NPB)."""
+    """sg = sigmoid(conv(smap) + bc); y = x * cg * sg. Grid (N, NPB).
+
+    With PRE_ACT, ``SMAP`` is instead the ``[N, P]`` pre-activation (conv and training-mode
+    BatchNorm already applied by the caller): ``sg = sigmoid(SMAP)``; WC, BC, KSIZE unused.
+    """
     acc_ty = SMAP.dtype.element_ty
     n = tl.program_id(0).to(tl.int64)
     o_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
-    z0, z1 = _conv_same(SMAP, WC, n, o_p, m_p, P, H, W, KSIZE, False)
-    z = z0 + z1
-    if HAS_CONV_BIAS:
-        z += tl.load(BC)
+    if PRE_ACT:
+        z = tl.load(SMAP + n * P + o_p, mask=m_p, other=0.0)
+    else:
+        z0, z1 = _conv_same(SMAP, WC, n, o_p, m_p, P, H, W, KSIZE, False)
+        z = z0 + z1
+        if HAS_CONV_BIAS:
+            z += tl.load(BC)
     sg = sigmoid(z)
     tl.store(SG + n * P + o_p, sg, mask=m_p)  # N*P floats: kept for backward, cheap in inference
     for c0 in range(0, C, BLOCK_C):

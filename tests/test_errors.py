@@ -103,7 +103,7 @@ class TestModuleErrors:
             cbam_fast.CBAM(16, kernel_size=bad)
 
     def test_reduction_below_one(self):
-        with pytest.raises(ValueError, match="reduction_ratio must be >= 1"):
+        with pytest.raises(ValueError, match="reduction_ratio must be a number >= 1"):
             cbam_fast.CBAM(16, reduction_ratio=0)
 
     def test_channel_mismatch_names_the_module(self, device, no_launch):

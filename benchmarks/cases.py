@@ -1,0 +1,236 @@
+"""What the benchmarks measure: cases, configurations, the bytes model, profiles, targets.
+
+Pure data and small functions (no torch import), shared by the pytest suite, the runner
+(``python -m benchmarks.run``), the report and the tests of these tools.
+
+A *configuration* is one (case, dtype, memory format, mode, implementation); it gives one row of
+the results file. Configurations are listed in priority order (:func:`tier`), so a run cut short by
+its time budget has measured the most important ones: the performance targets' rows first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable
+
+# ----------------------------------------------------------------------------- cases
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One input shape. ``group`` names the family the targets and the report aggregate over."""
+
+    name: str
+    group: str
+    shape: tuple[int, int, int, int]  # N, C, H, W
+    modes: tuple[str, ...]
+
+
+GROUPS = {
+    "r50-b32": "ResNet-50 CBAM stages, batch 32",
+    "r50-b1": "ResNet-50 CBAM stages, batch-1 inference",
+    "yolo-b16": "YOLO-neck-like maps, batch 16",
+}
+_R50_CHW = ((256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7))
+_YOLO_CHW = ((128, 80, 80), (256, 40, 40), (512, 20, 20))
+
+CASES: tuple[Case, ...] = (
+    *(Case(f"r50-s{i}-b32", "r50-b32", (32, *chw), ("fwd", "fwd_bwd")) for i, chw in enumerate(_R50_CHW, 1)),
+    *(Case(f"r50-s{i}-b1", "r50-b1", (1, *chw), ("fwd",)) for i, chw in enumerate(_R50_CHW, 1)),
+    *(Case(f"yolo-p{i}-b16", "yolo-b16", (16, *chw), ("fwd", "fwd_bwd")) for i, chw in enumerate(_YOLO_CHW, 3)),
+)
+CASE_BY_NAME = {c.name: c for c in CASES}
+
+# JSON name -> short name used in test ids and command-line filters
+DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+ELEMENT_SIZE = {"bfloat16": 2, "float16": 2, "float32": 4}
+FORMATS = {"contiguous": "nchw", "channels_last": "cl"}
+MODES = {"fwd": "forward (inference, no grad)", "fwd_bwd": "forward + backward (dx and every parameter gradient)"}
+IMPLS = ("cbam_fast", "eager", "compile", "compile_max_autotune")
+IMPL_LABELS = {
+    "cbam_fast": "cbam_fast",
+    "eager": "eager reference",
+    "compile": "torch.compile (default)",
+    "compile_max_autotune": "torch.compile (max-autotune-no-cudagraphs)",
+}
+# torch.compile mode of each compiled implementation
+COMPILE_MODES = {"compile": "default", "compile_max_autotune": "max-autotune-no-cudagraphs"}
+# compulsory traffic in units of S = |x| in bytes: read x + write y; + read x, read dy, write dx
+TRAFFIC_FACTOR = {"fwd": 2, "fwd_bwd": 5}
+
+
+def compulsory_bytes(shape: Iterable[int], dtype: str, mode: str) -> int:
+    """Bytes a CBAM call must move at least: 2 S forward, 5 S forward+backward (S = |x| in bytes)."""
+    return TRAFFIC_FACTOR[mode] * math.prod(shape) * ELEMENT_SIZE[dtype]
+
+
+def small_shape(shape: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The CPU correctness mode's stand-in for a case: at most 2 samples, C / 16, H / 7, W / 7."""
+    N, C, H, W = shape
+    return min(N, 2), max(1, C // 16), max(1, H // 7), max(1, W // 7)
+
+
+# ----------------------------------------------------------------------------- configurations
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    case: Case
+    dtype: str  # a key of DTYPES
+    memory_format: str  # a key of FORMATS
+    mode: str  # a key of MODES
+    impl: str  # one of IMPLS
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str]:
+        """Identity of the configuration, as the fields of a results row."""
+        return (self.case.name, self.dtype, self.memory_format, self.mode, self.impl)
+
+    @property
+    def id(self) -> str:
+        return f"{self.case.name}-{DTYPES[self.dtype]}-{FORMATS[self.memory_format]}-{self.mode}-{self.impl}"
+
+
+def row_key(row: dict) -> tuple[str, str, str, str, str]:
+    """The :attr:`Config.key` of a results row."""
+    return (row["case"], row["dtype"], row["memory_format"], row["mode"], row["impl"])
+
+
+TARGET_DTYPE = "bfloat16"
+TARGET_GROUPS = ("r50-b32", "r50-b1")
+
+
+def tier(cfg: Config) -> int:
+    """Priority of a configuration (0 first):
+
+    0. the targets' rows (bf16, ResNet-50 shapes at batch 32 and batch 1) for cbam_fast, eager and
+       torch.compile's default mode;
+    1. every other cbam_fast and eager row (cheap: no compilation);
+    2. max-autotune on the batch-32 targets' rows (slow to compile: tens of seconds each);
+    3. every other torch.compile default-mode row;
+    4. every other max-autotune row.
+    """
+    target = cfg.dtype == TARGET_DTYPE and cfg.case.group in TARGET_GROUPS
+    if cfg.impl in ("cbam_fast", "eager"):
+        return 0 if target else 1
+    if cfg.impl == "compile":
+        return 0 if target else 3
+    return 2 if target and cfg.case.group == "r50-b32" else 4
+
+
+def _order(cfg: Config):
+    return (
+        tier(cfg),
+        list(DTYPES).index(cfg.dtype),
+        list(GROUPS).index(cfg.case.group),
+        CASES.index(cfg.case),
+        list(MODES).index(cfg.mode),
+        list(FORMATS).index(cfg.memory_format),
+        IMPLS.index(cfg.impl),
+    )
+
+
+def all_configs() -> list[Config]:
+    """Every configuration of the suite, in priority order."""
+    configs = [
+        Config(case, dtype, fmt, mode, impl)
+        for case in CASES
+        for mode in case.modes
+        for dtype in DTYPES
+        for fmt in FORMATS
+        for impl in IMPLS
+    ]
+    return sorted(configs, key=_order)
+
+
+# quick: what gpu_check.sh runs by default (tiers 0-2); full: everything
+PROFILES = {"quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
+
+
+def _normalise(values, table, what):
+    """Accept long or short names ("bfloat16" or "bf16"); return the long ones."""
+    if values is None:
+        return None
+    short_to_long = {short: long for long, short in table.items()}
+    out = set()
+    for v in values:
+        if v in table:
+            out.add(v)
+        elif v in short_to_long:
+            out.add(short_to_long[v])
+        else:
+            raise ValueError(f"unknown {what} {v!r}; choose from {', '.join([*table, *short_to_long])}")
+    return out
+
+
+def select(profile: str = "full", *, skip_done: Iterable[tuple] = (), cases=None, dtypes=None,
+           formats=None, modes=None, impls=None) -> list[Config]:
+    """The configurations of a profile, in priority order, less those whose key is in
+    ``skip_done`` (rows already measured), filtered by the optional name lists (``cases`` takes
+    case names or group names)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    if cases is not None:
+        unknown = set(cases) - set(CASE_BY_NAME) - set(GROUPS)
+        if unknown:
+            raise ValueError(f"unknown case(s) {sorted(unknown)}; choose from {', '.join([*GROUPS, *CASE_BY_NAME])}")
+    dtypes = _normalise(dtypes, DTYPES, "dtype")
+    formats = _normalise(formats, FORMATS, "memory format")
+    modes = _normalise(modes, {m: m for m in MODES}, "mode")
+    impls = _normalise(impls, {i: i for i in IMPLS}, "implementation")
+    done = set(skip_done)
+    out = []
+    for cfg in all_configs():
+        if tier(cfg) not in PROFILES[profile] or cfg.key in done:
+            continue
+        if cases is not None and cfg.case.name not in cases and cfg.case.group not in cases:
+            continue
+        if any(allowed is not None and value not in allowed for value, allowed in (
+                (cfg.dtype, dtypes), (cfg.memory_format, formats), (cfg.mode, modes), (cfg.impl, impls))):
+            continue
+        out.append(cfg)
+    return out
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A performance target: the geometric mean (``aggregate="geomean"``) or the maximum
+    (``"max"``) over a group's shapes of a per-row metric of cbam_fast, compared with ``goal``.
+
+    metric: ``pct_floor`` (% of the copy-bandwidth floor), ``vs_eager`` / ``vs_compile`` (the
+    other implementation's median time over cbam_fast's; vs_compile takes the faster torch.compile
+    mode measured) or ``launches`` (GPU operations per call).
+    """
+
+    label: str
+    group: str
+    mode: str
+    metric: str
+    goal: float
+    higher_is_better: bool = True
+    aggregate: str = "geomean"
+
+    def met(self, value: float) -> bool:
+        return value >= self.goal if self.higher_is_better else value <= self.goal
+
+    @property
+    def goal_text(self) -> str:
+        unit = "%" if self.metric == "pct_floor" else "x" if self.metric.startswith("vs_") else ""
+        return f"{'>=' if self.higher_is_better else '<='} {self.goal:g}{unit}"
+
+
+TARGETS = (
+    Target("forward: % of floor", "r50-b32", "fwd", "pct_floor", 70.0),
+    Target("forward: speedup vs eager", "r50-b32", "fwd", "vs_eager", 3.0),
+    Target("forward: speedup vs torch.compile", "r50-b32", "fwd", "vs_compile", 1.5),
+    Target("forward+backward: % of floor", "r50-b32", "fwd_bwd", "pct_floor", 60.0),
+    Target("forward+backward: speedup vs eager", "r50-b32", "fwd_bwd", "vs_eager", 2.5),
+    Target("forward+backward: speedup vs torch.compile", "r50-b32", "fwd_bwd", "vs_compile", 1.5),
+    Target("batch-1 forward: speedup vs eager", "r50-b1", "fwd", "vs_eager", 2.0),
+    Target("batch-1 forward: launches per call (max)", "r50-b1", "fwd", "launches", 3,
+           higher_is_better=False, aggregate="max"),
+)

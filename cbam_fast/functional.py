@@ -226,6 +226,13 @@ class _NoDoubleBackward(torch.autograd.Function):
         )
 
 
+def _gates(saved, shape):
+    """The channel gate [N, C] and spatial gate [N, 1, H, W] from the saved pre-activations
+    (two tiny sigmoids, done only when asked for)."""
+    N, _, H, W = shape
+    return torch.sigmoid(saved.a), torch.sigmoid(saved.z).view(N, 1, H, W)
+
+
 def _run_forward(x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, mlp, bn):
     params = _kernel_params(x, w1, b1, w2, b2, wc, bc)
     bn_train = None
@@ -240,21 +247,20 @@ class _CBAMFunction(torch.autograd.Function):
     def forward(ctx, x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, mlp, bn):
         y, saved, bn_train = _run_forward(x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, mlp, bn)
         # Only x (already held by the caller), the parameters and the small gate maps are kept.
-        ctx.save_for_backward(x, saved.cg, saved.sg, saved.smap, saved.sidx, w1, b1, w2, b2, wc, bc)
+        ctx.save_for_backward(x, saved.a, saved.z, saved.smap, saved.sidx, w1, b1, w2, b2, wc, bc)
         ctx.mlp, ctx.bn_train = mlp, bn_train
-        N, _, H, W = x.shape
-        cg, sg = saved.cg, saved.sg.view(N, 1, H, W)
+        cg, sg = _gates(saved, x.shape)
         ctx.mark_non_differentiable(cg, sg)
         return y, cg, sg
 
     @staticmethod
     def backward(ctx, dy, _dcg, _dsg):
-        x, cg, sg, smap, sidx, w1, b1, w2, b2, wc, bc = ctx.saved_tensors
+        x, a, z, smap, sidx, w1, b1, w2, b2, wc, bc = ctx.saved_tensors
         kw1, kb1, kw2, _, kwc, _ = _kernel_params(x, w1, b1, w2, b2, wc, bc)
         need = ctx.needs_input_grad
         bn_train = ctx.bn_train
         dx, mlp_grads, conv_grads, _ = cbam_backward(
-            dy, x, Saved(cg=cg, sg=sg, smap=smap, sidx=sidx), kw1, kb1, kw2, kwc,
+            dy, x, Saved(a=a, z=z, smap=smap, sidx=sidx), kw1, kb1, kw2, kwc,
             need_x=need[0], need_mlp=any(need[1:5]), need_conv=any(need[5:7]), mlp=ctx.mlp,
             dz_hook=None if bn_train is None else bn_train.backward,
         )
@@ -327,5 +333,5 @@ def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias=N
         y, cg, sg = _CBAMFunction.apply(*args, mlp, bn_batch)
     else:
         y, saved, _ = _run_forward(*args, mlp, bn_batch)
-        cg, sg = saved.cg, saved.sg.view(N, 1, H, W)
+        cg, sg = _gates(saved, x.shape)
     return (y, cg, sg) if return_gates else y

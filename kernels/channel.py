@@ -96,7 +96,7 @@ def _matvec(M, o_r, m_r, V, n_k, s_r, s_k, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def channel_mlp_fwd_kernel(
-    PSUM, PMAX, PIDX, W1, B1, W2, B2, CG, VSCR, HSCR,
+    PSUM, PMAX, PIDX, W1, B1, W2, B2, CG, A, VSCR, HSCR,
     C, HID, P, n_splits,
     POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -107,6 +107,9 @@ def channel_mlp_fwd_kernel(
     ``sigmoid(MLP(avg))``; 2 (light): ``sigmoid(MLP(avg / 2 + max / 2))``. With TWO_LAYER
     ``MLP(v) = W2 relu(W1 v + b1) + b2`` (``W1`` ``[HID, C]``, ``W2`` ``[C, HID]``), else the single
     layer ``W1 v + b1`` (``W1`` ``[C, C]``, HID == C).
+    Writes ``CG`` ``[N, C]`` (the gate) and ``A`` ``[N, C]`` (its pre-activation, kept for the
+    backward: ``cg * (1 - cg)`` is then formed as ``sigmoid(a) * sigmoid(-a)``, without the
+    cancellation of ``1 - cg`` near saturation).
     ``VSCR``: ``[N, 2, C]`` scratch (MLP input v0, max); ``HSCR``: ``[N, HID]`` (summed hidden).
     """
     n = tl.program_id(0).to(tl.int64)
@@ -142,6 +145,7 @@ def channel_mlp_fwd_kernel(
         if TWO_LAYER:
             tl.store(HSCR + n * HID + o_h, pre, mask=m_h)
         else:
+            tl.store(A + n * C + o_h, pre, mask=m_h)
             tl.store(CG + n * C + o_h, sigmoid(pre), mask=m_h)
     if TWO_LAYER:
         tl.debug_barrier()
@@ -155,12 +159,13 @@ def channel_mlp_fwd_kernel(
                 a += b2
                 if POOL == 0:  # MLP(avg) + MLP(max) holds b2 twice
                     a += b2
+            tl.store(A + n * C + o_c, a, mask=m_c)
             tl.store(CG + n * C + o_c, sigmoid(a), mask=m_c)
 
 
 @triton.jit
 def channel_mlp_bwd_kernel(
-    PSUM, PMAX, PIDX, PDCG, CG, W1, B1, W2,
+    PSUM, PMAX, PIDX, PDCG, A, W1, B1, W2,
     VSCR, DA, DPRE, HS, DPOOL, IDXP,
     C, HID, P, n_splits,
     POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -169,7 +174,7 @@ def channel_mlp_bwd_kernel(
     """Backward of the channel gate for one sample; grid ``(N,)``. POOL, TWO_LAYER as forward.
 
     Inputs: pooling partials recomputed by the first backward pass, ``PDCG`` ``[N, S, C]``
-    partials of dL/dcg, ``CG`` ``[N, C]``.
+    partials of dL/dcg, ``A`` ``[N, C]`` the gate's pre-activation.
     Outputs (acc dtype): ``VSCR`` ``[N, 2, C]`` (MLP input v0, max), ``DA`` ``[N, C]`` (dL/d
     pre-sigmoid), ``DPRE`` ``[N, 2, HID]`` (dL/d first-layer output for v0 and, with POOL 0, max;
     zero otherwise), ``HS`` ``[N, HID]`` (summed hidden activation, TWO_LAYER), ``DPOOL``
@@ -192,11 +197,11 @@ def channel_mlp_bwd_kernel(
         dcg = tl.zeros([BLOCK_C], dtype=v_avg.dtype)
         for s in range(0, n_splits):
             dcg += tl.load(PDCG + (n * n_splits + s) * C + o_c, mask=m_c, other=0.0)
-        cg = tl.load(CG + n * C + o_c, mask=m_c, other=0.0)
+        a = tl.load(A + n * C + o_c, mask=m_c, other=0.0)
         tl.store(v0_row + o_c, v_avg, mask=m_c)
         tl.store(v1_row + o_c, v_max, mask=m_c)
         tl.store(IDXP + n * C + o_c, v_idx, mask=m_c)
-        tl.store(da_row + o_c, dcg * cg * (1.0 - cg), mask=m_c)
+        tl.store(da_row + o_c, dcg * sigmoid(a) * sigmoid(-a), mask=m_c)
     tl.debug_barrier()
     # 2. dL/d first-layer output: through the output layer and the ReLUs (recomputing the
     #    pre-activations), or dL/da itself for a single layer

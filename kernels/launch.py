@@ -19,8 +19,8 @@ backward, x read 3 times, dy twice, dx written once (compulsory: 2 reads + 1 wri
   first without a grid-wide sync. The MLP backward and its weight gradient (``channel_mlp_*``)
   touch only [N, C] and [HID, C] data.
 
-Saved between forward and backward besides x: cg [N, C], sg [N, P], smap [N, 2, P] and sidx
-[N, P] (int32) -- 4 * (N*C + 4*N*P) bytes in fp32, under 5% of |x| for the ResNet-50 CBAM
+Saved between forward and backward besides x: the gates' pre-activations a [N, C] and z [N, P],
+smap [N, 2, P] and sidx [N, P] (int32) -- 4 * (N*C + 4*N*P) bytes in fp32, under 5% of |x| for the ResNet-50 CBAM
 stages in 16-bit (largest: 4.5% at 2048x7x7). The channel pools are recomputed by backward
 pass 1 rather than saved.
 """
@@ -69,7 +69,7 @@ def blocks_for(layout: int, dtype: torch.dtype) -> Blocks:
     would otherwise spill registers."""
     blk = BLOCKS[layout]
     if dtype == torch.float64:
-        blk = dataclasses.replace(blk, pool_c=blk.pool_c // 2, stream_c=blk.stream_c // 2)
+        blk = dataclasses.replace(blk, pool_c=blk.pool_c // 2, stream_c=blk.stream_c // 2, mlp_c=blk.mlp_c // 2)
     return blk
 
 
@@ -155,8 +155,8 @@ class ChannelMLP:
 class Saved:
     """What the backward needs besides x and the parameters (all small)."""
 
-    cg: torch.Tensor  # [N, C]    acc dtype
-    sg: torch.Tensor  # [N, P]    acc dtype
+    a: torch.Tensor  # [N, C]    acc dtype, channel gate pre-activation (cg = sigmoid(a))
+    z: torch.Tensor  # [N, P]    acc dtype, spatial gate pre-activation (sg = sigmoid(z))
     smap: torch.Tensor  # [N, 2, P] acc dtype
     sidx: torch.Tensor  # [N, P]    int32
 
@@ -202,12 +202,13 @@ def cbam_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spat
     )
 
     cg = _empty((N, C), acc, dev)
+    a = _empty((N, C), acc, dev)
     vscr = _empty((N, 2, C), acc, dev)
     hscr = _empty((N, HID), acc, dev)
     has_bias = b1 is not None
     channel_mlp_fwd_kernel[(N,)](
         psum, pmax, pidx, w1, b1 if has_bias else w1, w2 if w2 is not None else w1,
-        b2 if has_bias else w1, cg, vscr, hscr, C, HID, P, n_splits,
+        b2 if has_bias else w1, cg, a, vscr, hscr, C, HID, P, n_splits,
         POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias,
         BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, num_warps=blk.mlp_warps,
     )
@@ -225,14 +226,14 @@ def cbam_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spat
         pre_act = spatial_preact(smap.view(N, 2, H, W)).reshape(N, P).to(acc).contiguous()
     y = _empty(x.shape, x.dtype, dev, _memory_format(layout))
     _, (y_n, y_c, y_p) = layout_of(y)
-    sg = _empty((N, P), acc, dev)
+    z = _empty((N, P), acc, dev)
     spatial_gate_kernel[(N, n_pb)](
-        x, y, cg, smap if pre_act is None else pre_act, wc, bc if bc is not None else wc, sg, C, P, H, W,
+        x, y, cg, smap if pre_act is None else pre_act, wc, bc if bc is not None else wc, z, C, P, H, W,
         s_n, s_c, s_p, y_n, y_c, y_p,
         LAYOUT=layout, KSIZE=K if pre_act is None else 1, HAS_CONV_BIAS=pre_act is None and bc is not None,
         PRE_ACT=pre_act is not None, BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, num_warps=blk.warps,
     )
-    return y, Saved(cg=cg, sg=sg, smap=smap, sidx=sidx)
+    return y, Saved(a=a, z=z, smap=smap, sidx=sidx)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -272,7 +273,7 @@ def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     pidx = _empty((N, n_pb, C), torch.int32, dev)
     pdcg = _empty((N, n_pb, C), acc, dev)
     bwd_reduce_kernel[grid](
-        x, dy, saved.cg, saved.sg, dz, psum, pmax, pidx, pdcg, C, P,
+        x, dy, saved.a, saved.z, dz, psum, pmax, pidx, pdcg, C, P,
         s_xn, s_xc, s_xp, s_gn, s_gc, s_gp, X_LAYOUT=layout, DY_LAYOUT=dy_layout, **stream,
     )
     dz_conv = dz
@@ -306,7 +307,7 @@ def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     dpool = _empty((N, 2, C), acc, dev)
     idxp = _empty((N, C), torch.int32, dev)
     channel_mlp_bwd_kernel[(N,)](
-        psum, pmax, pidx, pdcg, saved.cg, w1, b1 if has_bias else w1, w2_arg,
+        psum, pmax, pidx, pdcg, saved.a, w1, b1 if has_bias else w1, w2_arg,
         vscr, da, dpre, hs, dpool, idxp, C, HID, P, n_pb, **opts,
     )
 
@@ -327,7 +328,7 @@ def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
         dx = _empty(x.shape, x.dtype, dev, _memory_format(layout))
         _, (s_dn, s_dc, s_dp) = layout_of(dx)
         bwd_dx_kernel[grid](
-            x, dy, dx, saved.cg, saved.sg, ds, saved.sidx, dpool, idxp, C, P,
+            x, dy, dx, saved.a, saved.z, ds, saved.sidx, dpool, idxp, C, P,
             s_xn, s_xc, s_xp, s_gn, s_gc, s_gp, s_dn, s_dc, s_dp,
             X_LAYOUT=layout, DY_LAYOUT=dy_layout, **stream,
         )
@@ -347,7 +348,6 @@ def specializations():
     (== 1, divisible by 16) only add alignment facts to these.
     """
     out = []
-    mlp_cfgs = {(b.mlp_c, b.mlp_h, b.mlp_warps) for b in BLOCKS.values()}
     for dtype in IO_DTYPES:
         for layout in BLOCKS:
             blk = blocks_for(layout, dtype)
@@ -366,6 +366,7 @@ def specializations():
                 out.append((bwd_reduce_kernel, dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **stream), dtype, w))
                 out.append((bwd_dx_kernel, dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **stream), dtype, w))
         if acc_dtype(dtype) == dtype:  # the MLP kernels see only acc-dtype data
+            mlp_cfgs = {(b.mlp_c, b.mlp_h, b.mlp_warps) for b in (blocks_for(lay, dtype) for lay in BLOCKS)}
             for block_c, block_h, warps in sorted(mlp_cfgs):
                 for pool in (POOL_AVG_MAX, POOL_AVG, POOL_LIGHT):
                     for two_layer in (True, False):

@@ -3,9 +3,12 @@
 Shapes (N batch, C channels, P = H*W positions, K the odd conv size, NPB = cdiv(P, BLOCK_P)):
 
 * ``x``, ``y``, ``dy``, ``dx``: ``[N, C, P]`` views (layouts in :mod:`common`), fp16/bf16/fp32/fp64.
-* ``cg``: ``[N, C]`` channel gate; ``smap``: ``[N, 2, P]`` spatial pools of ``x * cg``
+* ``cg``: ``[N, C]`` channel gate (forward), ``a`` its pre-activation (saved for the backward,
+  which recomputes ``cg = sigmoid(a)``); ``smap``: ``[N, 2, P]`` spatial pools of ``x * cg``
   (channel 0 the max over C, channel 1 the mean, the official order); ``sidx``: ``[N, P]`` int32,
-  the channel holding each spatial max; ``sg``: ``[N, P]`` spatial gate. All small, acc dtype.
+  the channel holding each spatial max; ``z``: ``[N, P]`` the spatial gate's pre-activation
+  (``sg = sigmoid(z)``; kept instead of sg so ``sg * (1 - sg)`` is ``sigmoid(z) * sigmoid(-z)``,
+  free of cancellation near saturation). All small, acc dtype.
 * ``wc``: ``[2 * K * K]`` conv weight (``[max-taps, mean-taps]``), ``bc``: ``[1]`` conv bias.
 
 Every kernel here runs one program per (sample, block of BLOCK_P positions) and loops over the
@@ -93,13 +96,13 @@ def _conv_same(MAP, WC, n, o_p, m_p, P, H, W, KSIZE: tl.constexpr, TRANSPOSE: tl
 
 @triton.jit
 def spatial_gate_kernel(
-    X, Y, CG, SMAP, WC, BC, SG,
+    X, Y, CG, SMAP, WC, BC, Z,
     C, P, H, W,
     s_xn, s_xc, s_xp, s_yn, s_yc, s_yp,
     LAYOUT: tl.constexpr, KSIZE: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, PRE_ACT: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """sg = sigmoid(conv(smap) + bc); y = x * cg * sg. Grid (N, NPB).
+    """z = conv(smap) + bc, stored; y = x * cg * sigmoid(z). Grid (N, NPB).
 
     With PRE_ACT, ``SMAP`` is instead the ``[N, P]`` pre-activation (conv and training-mode
     BatchNorm already applied by the caller): ``sg = sigmoid(SMAP)``; WC, BC, KSIZE unused.
@@ -115,8 +118,8 @@ def spatial_gate_kernel(
         z = z0 + z1
         if HAS_CONV_BIAS:
             z += tl.load(BC)
+    tl.store(Z + n * P + o_p, z, mask=m_p)  # N*P floats: kept for backward, cheap in inference
     sg = sigmoid(z)
-    tl.store(SG + n * P + o_p, sg, mask=m_p)  # N*P floats: kept for backward, cheap in inference
     for c0 in range(0, C, BLOCK_C):
         o_c = c0 + tl.arange(0, BLOCK_C)
         m_c = o_c < C
@@ -129,25 +132,26 @@ def spatial_gate_kernel(
 
 @triton.jit
 def bwd_reduce_kernel(
-    X, DY, CG, SG, DZ, PSUM, PMAX, PIDX, PDCG,
+    X, DY, A, Z, DZ, PSUM, PMAX, PIDX, PDCG,
     C, P,
     s_xn, s_xc, s_xp, s_gn, s_gc, s_gp,
     X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """Backward pass 1 (reads x and dy). Grid (N, NPB); per program:
 
-    * ``dz[n, p] = sg (1 - sg) sum_c dy * x * cg`` (dL/d conv output);
+    * ``dz[n, p] = sg (1 - sg) sum_c dy * x * cg`` (dL/dz);
     * ``pdcg[n, pb, c] = sum_{p in block} dy * x * sg`` (first term of dL/dcg);
     * the channel-pool partials of x over the block (``[N, NPB, C]``), recomputed here instead of
       being saved by the forward, so nothing of size N*C besides the gate is kept.
     """
-    acc_ty = SG.dtype.element_ty
+    acc_ty = Z.dtype.element_ty
     n = tl.program_id(0).to(tl.int64)
     pb = tl.program_id(1)
     n_pb = tl.num_programs(1)
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
-    sg = tl.load(SG + n * P + o_p, mask=m_p, other=0.0)
+    z = tl.load(Z + n * P + o_p, mask=m_p, other=0.0)
+    sg = sigmoid(z)
     dsg = tl.zeros([BLOCK_P], dtype=acc_ty)
     for c0 in range(0, C, BLOCK_C):
         o_c = c0 + tl.arange(0, BLOCK_C)
@@ -155,7 +159,7 @@ def bwd_reduce_kernel(
         m = m_c[:, None] & m_p[None, :]
         v = tl.load(X + tile_offsets(n, o_c, o_p, s_xn, s_xc, s_xp, X_LAYOUT), mask=m, other=0.0).to(acc_ty)
         g = tl.load(DY + tile_offsets(n, o_c, o_p, s_gn, s_gc, s_gp, DY_LAYOUT), mask=m, other=0.0).to(acc_ty)
-        cg = tl.load(CG + n * C + o_c, mask=m_c, other=0.0)
+        cg = sigmoid(tl.load(A + n * C + o_c, mask=m_c, other=0.0))
         gv = g * v
         dsg += tl.sum(gv * cg[:, None], axis=0)
         o_part = (n * n_pb + pb) * C + o_c
@@ -164,7 +168,7 @@ def bwd_reduce_kernel(
         t_max, t_idx = first_argmax(tl.where(m, v, float("-inf")), o_p[None, :], 1)
         tl.store(PMAX + o_part, t_max, mask=m_c)
         tl.store(PIDX + o_part, t_idx, mask=m_c)
-    tl.store(DZ + n * P + o_p, dsg * sg * (1.0 - sg), mask=m_p)
+    tl.store(DZ + n * P + o_p, dsg * sg * sigmoid(-z), mask=m_p)
 
 
 @triton.jit
@@ -219,7 +223,7 @@ def bwd_spatial_kernel(
 
 @triton.jit
 def bwd_dx_kernel(
-    X, DY, DX, CG, SG, DS, SIDX, DPOOL, IDXP,
+    X, DY, DX, A, Z, DS, SIDX, DPOOL, IDXP,
     C, P,
     s_xn, s_xc, s_xp, s_gn, s_gc, s_gp, s_dn, s_dc, s_dp,
     X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -229,11 +233,11 @@ def bwd_dx_kernel(
     ``dx = (dy sg + ds_mean/C + [c == sidx] ds_max) cg + davg/P + [p == argmax_p] dmax``.
     dx is allocated in x's memory format, so it shares ``X_LAYOUT``.
     """
-    acc_ty = SG.dtype.element_ty
+    acc_ty = Z.dtype.element_ty
     n = tl.program_id(0).to(tl.int64)
     o_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
-    sg = tl.load(SG + n * P + o_p, mask=m_p, other=0.0)
+    sg = sigmoid(tl.load(Z + n * P + o_p, mask=m_p, other=0.0))
     ds_max = tl.load(DS + (n * 2) * P + o_p, mask=m_p, other=0.0)
     ds_mean = tl.load(DS + (n * 2 + 1) * P + o_p, mask=m_p, other=0.0)
     sidx = tl.load(SIDX + n * P + o_p, mask=m_p, other=-1)
@@ -243,7 +247,7 @@ def bwd_dx_kernel(
         m = m_c[:, None] & m_p[None, :]
         v = tl.load(X + tile_offsets(n, o_c, o_p, s_xn, s_xc, s_xp, X_LAYOUT), mask=m, other=0.0).to(acc_ty)
         g = tl.load(DY + tile_offsets(n, o_c, o_p, s_gn, s_gc, s_gp, DY_LAYOUT), mask=m, other=0.0).to(acc_ty)
-        cg = tl.load(CG + n * C + o_c, mask=m_c, other=0.0)
+        cg = sigmoid(tl.load(A + n * C + o_c, mask=m_c, other=0.0))
         d_avg = tl.load(DPOOL + (n * 2) * C + o_c, mask=m_c, other=0.0)
         d_max = tl.load(DPOOL + (n * 2 + 1) * C + o_c, mask=m_c, other=0.0)
         idxp = tl.load(IDXP + n * C + o_c, mask=m_c, other=-1)

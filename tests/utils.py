@@ -31,40 +31,51 @@ def make_params(C, reduction, k, device, mlp_bias=True, conv_bias=False, dtype=t
     return {name: None if t is None else t.to(device=device, dtype=dtype) for name, t in p.items()}
 
 
-def _spatial_ties(x, params, margin):
-    """Mask [N, P] of positions whose max over channels of x*cg is within margin of the runner-up."""
-    if x.shape[1] == 1:
-        return torch.zeros(x.shape[0], x.shape[2] * x.shape[3], dtype=torch.bool)
+def _gate_fn(params):
+    """x [N, C, H, W] fp64 -> channel gate [N, C] fp64, from a parameter dict (official MLP) or a
+    callable returned as is."""
+    if callable(params):
+        return params
     p64 = {k: None if v is None else v.detach().double().cpu() for k, v in params.items()}
-    cg = reference.channel_gate(x, p64["fc1_weight"], p64["fc1_bias"], p64["fc2_weight"], p64["fc2_bias"])
-    x1 = (x * cg[:, :, None, None]).flatten(2)
-    top2 = x1.topk(2, dim=1).values
-    return (top2[:, 0] - top2[:, 1]) < margin
+    return lambda x: reference.channel_gate(x, p64["fc1_weight"], p64["fc1_bias"], p64["fc2_weight"], p64["fc2_bias"])
+
+
+def module_gate_fn(m):
+    """The channel gate of a cbam_fast.CBAM, for tie_free_input."""
+    def gate(x):
+        fc2 = m.fc2
+        w = [None if t is None else t.detach().double().cpu()
+             for t in (m.fc1.weight, m.fc1.bias, None if fc2 is None else fc2.weight, None if fc2 is None else fc2.bias)]
+        return reference.channel_gate(x, *w, pool=m.channel_pool)
+    return gate
 
 
 def tie_free_input(shape, dtype, params, device, memory_format=torch.contiguous_format, margin=1e-3):
     """Fresh random x with no ties in either max pool.
 
+    ``params``: the parameter dict of an official-semantics call, or a function x -> channel gate.
     Each (n, c) row holds distinct multiples of 1/64 in [-4, 4), exact in every float dtype, so the
     max over H*W is unique. Positions where the max over C of x*cg is within ``margin`` of the
     runner-up get their top element swapped with another position of the same row: a row keeps
     its values (so cg does not change) until every position has a clear spatial maximum.
     """
+    gate = _gate_fn(params)
     N, C, H, W = shape
     P = H * W
     assert P <= 512, "distinct-grid construction covers H*W <= 512"
     x = (torch.rand(N * C, 512).argsort(dim=1)[:, :P] - 256).double().div(64).view(N, C, H, W)
-    x = x.to(dtype).double()  # exact
     for _ in range(100):
-        ties = _spatial_ties(x, params, margin)
+        if C == 1:
+            break
+        cg = gate(x)
+        x1 = (x * cg[:, :, None, None]).flatten(2)
+        top2 = x1.topk(2, dim=1)
+        ties = (top2.values[:, 0] - top2.values[:, 1]) < margin
         if not ties.any():
             break
-        p64 = {k: None if v is None else v.detach().double().cpu() for k, v in params.items()}
-        cg = reference.channel_gate(x, p64["fc1_weight"], p64["fc1_bias"], p64["fc2_weight"], p64["fc2_bias"])
         flat = x.view(N, C, P)
-        top = (flat * cg[:, :, None]).argmax(dim=1)
         for n, p in ties.nonzero().tolist():
-            c = top[n, p].item()
+            c = top2.indices[n, 0, p].item()
             q = torch.randint(P, ()).item()
             flat[n, c, p], flat[n, c, q] = flat[n, c, q].clone(), flat[n, c, p].clone()
     else:

@@ -1,15 +1,16 @@
 """Functional CBAM: input checks, backend dispatch, and the autograd function over the kernels.
 
 Data path: ``CBAM.forward`` -> :func:`cbam` (checks, dispatch, parameter mapping) ->
-``_CBAMFunction`` (autograd) -> ``cbam_fast.kernels.launch`` (launchers) -> ``@triton.jit`` kernels.
+``torch.ops.cbam_fast.forward`` / ``backward`` (registered ops with autograd, :mod:`cbam_fast.ops`)
+-> ``cbam_fast.kernels.launch`` (launchers) -> ``@triton.jit`` kernels.
 
 The kernels know one spatial conv: 2 -> 1 channels over ``[max, mean]``, plus a bias. Every other
 spatial form maps onto it with differentiable PyTorch ops on the k x k weight (tiny), so autograd
 carries the gradient back to the caller's parameters: the ``[mean, max]`` order is a flip, the
 light single-channel pool ``conv(mean / 2 + max / 2, w)`` is ``conv([max, mean], [w / 2, w / 2])``,
 and an eval-mode BatchNorm folds into the weight and bias. A training-mode BatchNorm needs the
-batch statistics of the conv output, so the launcher computes that [N, 1, H, W] map with PyTorch
-ops between the pooling and gating kernels (:class:`_BatchNormTrain`).
+batch statistics of the conv output, so the forward op computes that [N, 1, H, W] map with PyTorch
+ops between the pooling and gating kernels (:class:`cbam_fast.ops._BatchNormTrain`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 
 from . import reference
-from .kernels import KERNEL_SIZES, POOL_AVG, POOL_AVG_MAX, POOL_LIGHT, ChannelMLP, Saved, acc_dtype, cbam_backward, cbam_forward
+from . import ops  # noqa: F401  (registers torch.ops.cbam_fast.*)
+from .kernels import KERNEL_SIZES, POOL_AVG, POOL_AVG_MAX, POOL_LIGHT, acc_dtype
 from .kernels.channel import channel_pool_kernel
 
 BACKENDS = ("auto", "triton", "torch")
@@ -66,6 +67,8 @@ def _check_param(name, p, shape, x):
 
 def check_kernel_size(kernel_size) -> None:
     """Raise ValueError unless kernel_size is one of the odd sizes the kernels are built for."""
+    if isinstance(kernel_size, torch.Tensor) and kernel_size.dim() == 0 and not kernel_size.is_floating_point():
+        kernel_size = int(kernel_size)  # a traced shape (TorchScript ONNX export)
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
         raise TypeError(f"cbam: kernel_size must be an int, got {type(kernel_size).__name__}")
     if kernel_size <= 0 or kernel_size % 2 == 0 or kernel_size not in KERNEL_SIZES:
@@ -153,137 +156,6 @@ def _kernel_conv(conv_weight, conv_bias, spatial_pool, bn):
     return wc, bc
 
 
-def _kernel_params(x, w1, b1, w2, b2, wc, bc):
-    """Parameters as the kernels take them: acc dtype, contiguous, conv weight flattened.
-    No copy for fp32 parameters with an fp16/bf16/fp32 input."""
-    acc = acc_dtype(x.dtype)
-
-    def prep(p):
-        return None if p is None else p.detach().to(acc).contiguous()
-
-    b1, b2 = prep(b1), prep(b2)
-    if w2 is not None and (b1 is None) != (b2 is None):  # the kernels take both biases or neither
-        b1 = b1 if b1 is not None else torch.zeros(w1.shape[0], dtype=acc, device=x.device)
-        b2 = b2 if b2 is not None else torch.zeros(w2.shape[0], dtype=acc, device=x.device)
-    return prep(w1), b1, prep(w2), b2, prep(wc).view(-1), prep(bc)
-
-
-class _BatchNormTrain:
-    """Training-mode BatchNorm2d(1) of the spatial conv output, exactly as nn.BatchNorm2d does it
-    (batch statistics over N, H, W; running statistics and num_batches_tracked updated, momentum
-    None meaning a cumulative average), on the small [N, 1, H, W] map, in the acc dtype."""
-
-    def __init__(self, bn, weight, bias, wc, bc):
-        self.bn, self.weight, self.bias, self.wc, self.bc = bn, weight, bias, wc, bc
-
-    def preact(self, smap):
-        """smap [N, 2, H, W] -> BN(conv(smap)) [N, 1, H, W]."""
-        bn, acc = self.bn, smap.dtype
-        k = self.wc.shape[-1]
-        z = F.conv2d(smap, self.wc.detach().to(acc), None if self.bc is None else self.bc.detach().to(acc), padding=k // 2)
-        count = z.numel()
-        if count <= 1:
-            raise ValueError(f"cbam: training-mode BatchNorm needs more than 1 value per channel, got input with N*H*W = {count}")
-        mean = z.mean()
-        var = z.var(unbiased=False)
-        self.invstd = torch.rsqrt(var + bn.eps)
-        self.zhat = (z - mean) * self.invstd
-        self.gamma = 1.0 if self.weight is None else self.weight.detach().to(acc)
-        beta = 0.0 if self.bias is None else self.bias.detach().to(acc)
-        if bn.training and bn.track_running_stats and bn.running_mean is not None:
-            with torch.no_grad():
-                if bn.num_batches_tracked is not None:
-                    bn.num_batches_tracked.add_(1)
-                factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-                bn.running_mean.mul_(1 - factor).add_(factor * mean.to(bn.running_mean.dtype))
-                unbiased = var * count / (count - 1)
-                bn.running_var.mul_(1 - factor).add_(factor * unbiased.to(bn.running_var.dtype))
-        return self.zhat * self.gamma + beta
-
-    def backward(self, du):
-        """dL/d BN output [N, 1, H, W] -> dL/d conv output; records the BN parameter gradients."""
-        zhat = self.zhat
-        self.dweight = (du * zhat).sum().reshape(1)
-        self.dbias = du.sum().reshape(1)
-        return self.gamma * self.invstd * (du - du.mean() - zhat * (du * zhat).mean())
-
-
-# ----------------------------------------------------------------------------- autograd
-
-
-class _NoDoubleBackward(torch.autograd.Function):
-    """Identity on a gradient; differentiating through it raises a clear error."""
-
-    @staticmethod
-    def forward(ctx, grad):
-        return grad.view_as(grad)
-
-    @staticmethod
-    def backward(ctx, _):
-        raise RuntimeError(
-            "cbam_fast: double backward (differentiating the gradients of CBAM, create_graph=True) "
-            "is not supported; use CBAM_FAST_BACKEND=torch for higher-order gradients"
-        )
-
-
-def _gates(saved, shape):
-    """The channel gate [N, C] and spatial gate [N, 1, H, W] from the saved pre-activations
-    (two tiny sigmoids, done only when asked for)."""
-    N, _, H, W = shape
-    return torch.sigmoid(saved.a), torch.sigmoid(saved.z).view(N, 1, H, W)
-
-
-def _run_forward(x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, mlp, bn):
-    params = _kernel_params(x, w1, b1, w2, b2, wc, bc)
-    bn_train = None
-    if bn is not None:  # only batch-statistics BatchNorm reaches here; eval BN is folded into wc, bc
-        bn_train = _BatchNormTrain(bn, bn_weight, bn_bias, wc, bc)
-    y, saved = cbam_forward(x, *params, mlp=mlp, spatial_preact=None if bn_train is None else bn_train.preact)
-    return y, saved, bn_train
-
-
-class _CBAMFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, mlp, bn):
-        y, saved, bn_train = _run_forward(x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, mlp, bn)
-        # Only x (already held by the caller), the parameters and the small gate maps are kept.
-        ctx.save_for_backward(x, saved.a, saved.z, saved.smap, saved.sidx, w1, b1, w2, b2, wc, bc)
-        ctx.mlp, ctx.bn_train = mlp, bn_train
-        cg, sg = _gates(saved, x.shape)
-        ctx.mark_non_differentiable(cg, sg)
-        return y, cg, sg
-
-    @staticmethod
-    def backward(ctx, dy, _dcg, _dsg):
-        x, a, z, smap, sidx, w1, b1, w2, b2, wc, bc = ctx.saved_tensors
-        kw1, kb1, kw2, _, kwc, _ = _kernel_params(x, w1, b1, w2, b2, wc, bc)
-        need = ctx.needs_input_grad
-        bn_train = ctx.bn_train
-        dx, mlp_grads, conv_grads, _ = cbam_backward(
-            dy, x, Saved(a=a, z=z, smap=smap, sidx=sidx), kw1, kb1, kw2, kwc,
-            need_x=need[0], need_mlp=any(need[1:5]), need_conv=any(need[5:7]), mlp=ctx.mlp,
-            dz_hook=None if bn_train is None else bn_train.backward,
-        )
-        grads = [dx] + [None] * 10
-        if mlp_grads is not None:
-            for i, (g, p) in enumerate(zip(mlp_grads, (w1, b1, w2, b2)), start=1):
-                if need[i] and g is not None and p is not None:
-                    grads[i] = g.to(p.dtype)
-        if conv_grads is not None:
-            dwc, dbc = conv_grads
-            if need[5]:
-                grads[5] = dwc.view_as(wc).to(wc.dtype)
-            if need[6] and bc is not None:
-                grads[6] = dbc.to(bc.dtype)
-        if bn_train is not None:
-            for i, g, p in ((7, bn_train.dweight, bn_train.weight), (8, bn_train.dbias, bn_train.bias)):
-                if need[i] and p is not None:
-                    grads[i] = g.to(p.dtype)
-        if torch.is_grad_enabled():  # create_graph=True: mark the gradients as not differentiable
-            grads = [None if g is None else _NoDoubleBackward.apply(g.detach().requires_grad_()) for g in grads]
-        return tuple(grads)
-
-
 def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias=None, *,
          channel_pool="avg_max", spatial_pool="max_mean", bn=None, return_gates=False):
     """CBAM forward: ``y = x * cg * sg`` (see :mod:`cbam_fast.reference` for the math).
@@ -308,7 +180,9 @@ def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias=N
     """
     check_inputs(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, channel_pool, spatial_pool, bn)
     chosen = backend()
-    if chosen == "torch" or (chosen == "auto" and not x.is_cuda):
+    # ONNX has no cbam_fast op: an export records the reference math (standard ONNX ops; global
+    # pools as ReduceMean/ReduceMax, so none of adaptive max pooling's export problems)
+    if chosen == "torch" or (chosen == "auto" and not x.is_cuda) or torch.onnx.is_in_onnx_export():
         return reference.cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias,
                               channel_pool=channel_pool, spatial_pool=spatial_pool, bn=bn, return_gates=return_gates)
     if not x.is_cuda and not kernels_interpreted():
@@ -324,14 +198,14 @@ def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias=N
         return (y, *gates) if return_gates else y
 
     wc, bc = _kernel_conv(conv_weight, conv_bias, spatial_pool, bn)
-    bn_batch = bn if bn is not None and _bn_uses_batch_stats(bn) else None
-    bn_weight = None if bn_batch is None else bn_batch.weight
-    bn_bias = None if bn_batch is None else bn_batch.bias
-    mlp = ChannelMLP(pool=CHANNEL_POOLS[channel_pool], two_layer=fc2_weight is not None)
-    args = (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, wc, bc, bn_weight, bn_bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
-        y, cg, sg = _CBAMFunction.apply(*args, mlp, bn_batch)
-    else:
-        y, saved, _ = _run_forward(*args, mlp, bn_batch)
-        cg, sg = _gates(saved, x.shape)
-    return (y, cg, sg) if return_gates else y
+    bn_batch = bn is not None and _bn_uses_batch_stats(bn)
+    bn_args = (bn.weight, bn.bias, True, float(bn.eps)) if bn_batch else (None, None, False, 0.0)
+    y, a, z, _, _, _, stats = torch.ops.cbam_fast.forward(
+        x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, wc, bc, *bn_args,
+        CHANNEL_POOLS[channel_pool], fc2_weight is not None,
+    )
+    if bn_batch and bn.training and bn.track_running_stats and bn.running_mean is not None:
+        ops.update_running_stats(bn.running_mean, bn.running_var, bn.num_batches_tracked, stats, bn.momentum)
+    if not return_gates:
+        return y
+    return y, torch.sigmoid(a).detach(), torch.sigmoid(z).detach().view(N, 1, H, W)

@@ -8,19 +8,19 @@ import pytest
 import torch
 
 import cbam_fast
-import cbam_fast.functional as functional
+import cbam_fast.ops as ops
 from utils import PARAM_NAMES, make_params, tie_free_input
 
 
 def _spy(monkeypatch):
     calls = []
-    real = functional.cbam_forward
+    real = ops.cbam_forward
 
     def spy(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(functional, "cbam_forward", spy)
+    monkeypatch.setattr(ops, "cbam_forward", spy)
     return calls
 
 

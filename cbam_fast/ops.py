@@ -1,0 +1,227 @@
+"""The fused CBAM as registered PyTorch operators: ``cbam_fast::forward`` and ``cbam_fast::backward``.
+
+``torch.library.custom_op`` (with ``register_fake`` and ``register_autograd``) rather than
+``triton_op``: the ops are opaque to torch.compile, export and the autograd engine alike, they
+run through the Triton interpreter on CPU (``triton_op`` cannot, so it could not be tested
+without a GPU), and the ops carry their own launch logic (pooling splits, the training-mode
+BatchNorm on the small conv-output map) that ``triton_op``'s tracing would have to re-derive.
+The ops take the parameters already mapped to the kernels' layout (see
+:func:`cbam_fast.functional._kernel_conv`); the module and the functional API call them.
+
+Forward outputs: ``y`` (x's dtype and memory format), then the small tensors the backward needs:
+``a`` [N, C] and ``z`` [N, P] (the gates' pre-activations), ``smap`` [N, 2, P], ``sidx`` [N, P]
+int32, and for training-mode BatchNorm ``zhat`` [N, P] (the normalised conv output) and
+``stats`` [3] = (invstd, batch mean, unbiased batch variance) (both empty otherwise). The ops are
+functional: the caller updates a BatchNorm's running statistics from ``stats``
+(:func:`update_running_stats`), which keeps the forward op differentiable by ``register_autograd``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .kernels import ChannelMLP, Saved, acc_dtype, cbam_backward, cbam_forward
+from .kernels.launch import layout_of, _memory_format, prepare_input
+
+
+def _prep(p, acc):
+    return None if p is None else p.detach().to(acc).contiguous()
+
+
+def kernel_params(x, w1, b1, w2, b2, wc, bc):
+    """Parameters as the kernels take them: acc dtype, contiguous, conv weight flattened.
+    No copy for fp32 parameters with an fp16/bf16/fp32 input."""
+    acc = acc_dtype(x.dtype)
+    b1, b2 = _prep(b1, acc), _prep(b2, acc)
+    if w2 is not None and (b1 is None) != (b2 is None):  # the kernels take both biases or neither
+        b1 = b1 if b1 is not None else torch.zeros(w1.shape[0], dtype=acc, device=x.device)
+        b2 = b2 if b2 is not None else torch.zeros(w2.shape[0], dtype=acc, device=x.device)
+    return _prep(w1, acc), b1, _prep(w2, acc), b2, _prep(wc, acc).view(-1), _prep(bc, acc)
+
+
+def _device_guard(x: Tensor):
+    """Triton launches on the current CUDA device: make it x's (inputs on cuda:1 launch there)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def output_format(x: Tensor):
+    """The memory format of y and dx: x's own when the kernels serve it, else contiguous."""
+    layout, _ = layout_of(x)
+    return _memory_format(layout) if layout is not None else torch.contiguous_format
+
+
+class _BatchNormTrain:
+    """Training-mode BatchNorm2d(1) of the spatial conv output with batch statistics over
+    N, H, W, as nn.BatchNorm2d computes it, on the small [N, 1, H, W] map."""
+
+    def __init__(self, wc, bc, weight, bias, eps):
+        self.wc, self.bc, self.weight, self.bias, self.eps = wc, bc, weight, bias, eps
+
+    def preact(self, smap):
+        """smap [N, 2, H, W] (acc dtype) -> BN(conv(smap)) [N, 1, H, W]."""
+        acc, k = smap.dtype, self.wc.shape[-1]
+        z = F.conv2d(smap, self.wc.detach().to(acc), None if self.bc is None else self.bc.detach().to(acc), padding=k // 2)
+        count = z.numel()
+        if count <= 1:
+            raise ValueError(f"cbam: training-mode BatchNorm needs more than 1 value per channel, got N*H*W = {count}")
+        mean, var = z.mean(), z.var(unbiased=False)
+        invstd = torch.rsqrt(var + self.eps)
+        self.stats = torch.stack([invstd, mean, var * count / (count - 1)])
+        self.zhat = (z - mean) * invstd
+        gamma = 1.0 if self.weight is None else self.weight.detach().to(acc)
+        beta = 0.0 if self.bias is None else self.bias.detach().to(acc)
+        return self.zhat * gamma + beta
+
+
+def update_running_stats(running_mean, running_var, num_batches_tracked, stats, momentum):
+    """nn.BatchNorm2d's running-statistics update from a training forward's ``stats``
+    (momentum None: cumulative average over num_batches_tracked). Tensor ops only: no host sync."""
+    with torch.no_grad():
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        if momentum is None:
+            factor = 1.0 / num_batches_tracked.to(stats.dtype)
+        else:
+            factor = torch.full((), momentum, dtype=stats.dtype, device=stats.device)
+        running_mean.copy_((running_mean * (1 - factor) + factor * stats[1]).to(running_mean.dtype))
+        running_var.copy_((running_var * (1 - factor) + factor * stats[2]).to(running_var.dtype))
+
+
+def _bn_backward(du, zhat, invstd, weight):
+    """dL/d BN output -> (dL/d conv output, dL/d weight, dL/d bias) for training-mode BN."""
+    gamma = 1.0 if weight is None else weight.detach().to(du.dtype)
+    dweight = (du * zhat).sum().reshape(1)
+    dbias = du.sum().reshape(1)
+    dz = gamma * invstd * (du - du.mean() - zhat * (du * zhat).mean())
+    return dz, dweight, dbias
+
+
+# ----------------------------------------------------------------------------- forward op
+
+
+@torch.library.custom_op("cbam_fast::forward", mutates_args=())
+def forward_op(
+    x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Optional[Tensor], b2: Optional[Tensor],
+    wc: Tensor, bc: Optional[Tensor], bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
+    bn_train: bool, bn_eps: float, pool: int, two_layer: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    params = kernel_params(x, w1, b1, w2, b2, wc, bc)
+    bn = _BatchNormTrain(wc, bc, bn_weight, bn_bias, bn_eps) if bn_train else None
+    with _device_guard(x):
+        y, saved = cbam_forward(x, *params, mlp=ChannelMLP(pool, two_layer), spatial_preact=None if bn is None else bn.preact)
+    N, _, H, W = x.shape
+    if bn is None:
+        zhat, stats = saved.z.new_empty(0), saved.z.new_empty(0)
+    else:
+        zhat, stats = bn.zhat.reshape(N, H * W), bn.stats
+    return y, saved.a, saved.z, saved.smap, saved.sidx, zhat, stats
+
+
+@forward_op.register_fake
+def _forward_fake(x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, bn_train, bn_eps, pool, two_layer):
+    N, C, H, W = x.shape
+    P = H * W
+    acc = acc_dtype(x.dtype)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_format(x))
+    small = dict(dtype=acc, device=x.device)
+    zhat = x.new_empty((N, P) if bn_train else (0,), dtype=acc)
+    stats = x.new_empty((3,) if bn_train else (0,), dtype=acc)
+    return (y, torch.empty((N, C), **small), torch.empty((N, P), **small), torch.empty((N, 2, P), **small),
+            torch.empty((N, P), dtype=torch.int32, device=x.device), zhat, stats)
+
+
+# ----------------------------------------------------------------------------- backward op
+
+
+@torch.library.custom_op("cbam_fast::backward", mutates_args=())
+def backward_op(
+    dy: Tensor, x: Tensor, a: Tensor, z: Tensor, smap: Tensor, sidx: Tensor, zhat: Tensor, stats: Tensor,
+    w1: Tensor, b1: Optional[Tensor], w2: Optional[Tensor], b2: Optional[Tensor], wc: Tensor,
+    bn_weight: Optional[Tensor], pool: int, two_layer: bool, need_x: bool, need_mlp: bool, need_conv: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients for x, w1, b1, w2, b2, wc (kernel layout), bc, bn weight, bn bias; an empty
+    tensor stands for a gradient that was not asked for (or a parameter that is absent)."""
+    kw1, kb1, kw2, _, kwc, _ = kernel_params(x, w1, b1, w2, b2, wc, None)
+    bn_grads = []
+    dz_hook = None
+    if zhat.numel():
+        def dz_hook(du):
+            dz, dweight, dbias = _bn_backward(du, zhat.view_as(du), stats[0], bn_weight)
+            bn_grads.extend([dweight, dbias])
+            return dz
+
+    with _device_guard(x):
+        dx, mlp_grads, conv_grads, _ = cbam_backward(
+            dy, x, Saved(a=a, z=z, smap=smap, sidx=sidx), kw1, kb1, kw2, kwc,
+            need_x=need_x, need_mlp=need_mlp, need_conv=need_conv, mlp=ChannelMLP(pool, two_layer), dz_hook=dz_hook,
+        )
+    dw1, db1, dw2, db2 = mlp_grads if mlp_grads is not None else (None,) * 4
+    dwc, dbc = conv_grads if conv_grads is not None else (None, None)
+    if dwc is not None:  # both are slices of one partial-sum row: outputs must not alias
+        dwc, dbc = dwc.clone().view_as(wc), dbc.clone()
+    dbn_w, dbn_b = bn_grads if bn_grads else (None, None)
+    outs = (dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b)
+    return tuple(a.new_empty(0) if t is None else t for t in outs)
+
+
+@backward_op.register_fake
+def _backward_fake(dy, x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bn_weight, pool, two_layer,
+                   need_x, need_mlp, need_conv):
+    acc = a.dtype
+
+    def like(p, needed):
+        return torch.empty(p.shape, dtype=acc, device=p.device) if (needed and p is not None) else a.new_empty(0)
+
+    def sized(n, needed):
+        return a.new_empty(n if needed else 0)
+
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_format(x)) if need_x else a.new_empty(0)
+    bn = zhat.numel() > 0
+    return (dx, like(w1, need_mlp), like(b1, need_mlp), like(w2, need_mlp), like(b2, need_mlp and w2 is not None),
+            like(wc, need_conv), sized(1, need_conv), sized(1, bn), sized(1, bn))
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "cbam_fast: double backward (differentiating the gradients of CBAM, create_graph=True) "
+        "is not supported; use CBAM_FAST_BACKEND=torch for higher-order gradients"
+    )
+
+
+backward_op.register_autograd(_no_double_backward)
+
+
+# ----------------------------------------------------------------------------- autograd
+
+_DIFF_INPUTS = ("x", "w1", "b1", "w2", "b2", "wc", "bc", "bn_weight", "bn_bias")
+
+
+def _setup_context(ctx, inputs, output):
+    (x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, _train, _eps, pool, two_layer) = inputs
+    _, a, z, smap, sidx, zhat, stats = output
+    ctx.save_for_backward(x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias)
+    ctx.pool, ctx.two_layer = pool, two_layer
+
+
+def _backward(ctx, dy, *_aux_grads):
+    x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    need_mlp = any(need[1:5])
+    need_conv = any(need[5:9])  # the BN parameters' gradients come from the conv's backward too
+    grads = torch.ops.cbam_fast.backward(
+        dy, x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bn_weight,
+        ctx.pool, ctx.two_layer, need[0], need_mlp, need_conv,
+    )
+    params = (x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias)
+    out = []
+    for i, (g, p) in enumerate(zip(grads, params)):
+        out.append(g.to(p.dtype) if need[i] and p is not None else None)
+    return tuple(out) + (None,) * 4
+
+
+forward_op.register_autograd(_backward, setup_context=_setup_context)

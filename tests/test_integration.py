@@ -1,0 +1,257 @@
+"""cbam_fast as a PyTorch citizen: registered ops (opcheck), torch.compile, autocast, export, ONNX,
+deterministic mode, DistributedDataParallel, save/load, CUDA graphs and multi-GPU (on CUDA)."""
+
+import copy
+import io
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import cbam_fast
+from cbam_fast.functional import _kernel_conv
+from utils import module_gate_fn, tie_free_input
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def _model(bn=False, seed=0):
+    torch.manual_seed(seed)
+    block = cbam_fast.CBAM.official(16, 4) if bn else cbam_fast.CBAM(16, 4, 5)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), block, nn.Conv2d(16, 4, 1))
+
+
+def _op_args(m, x, requires_grad=True):
+    """Arguments of torch.ops.cbam_fast.forward for module m (kernel-layout conv weight)."""
+    wc, bc = _kernel_conv(m.conv.weight, m.conv.bias, m.spatial_pool, m.bn)
+    p = [m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, wc.detach(), bc]
+    p = [None if t is None else t.detach().clone().requires_grad_(requires_grad) for t in p]
+    bn_args = (None, None, False, 0.0)
+    if m.bn is not None and m.bn.training:
+        bn_args = (m.bn.weight.detach().clone().requires_grad_(requires_grad),
+                   m.bn.bias.detach().clone().requires_grad_(requires_grad), True, m.bn.eps)
+    return (x.clone().requires_grad_(requires_grad), *p, *bn_args, 0, True)
+
+
+@pytest.mark.parametrize(
+    "variant,fmt", [("bn-train", torch.contiguous_format), ("default", torch.channels_last)], ids=["bn-train-nchw", "default-channels_last"]
+)
+def test_opcheck(triton_backend, device, variant, fmt):
+    """Schema, fake (shapes and strides, channels_last included), autograd registration and AOT
+    dispatch of the forward op (which calls the backward op)."""
+    m = cbam_fast.CBAM(4, 2, 3, conv_bias=True, spatial_bn=variant == "bn-train").to(device).train()
+    x = tie_free_input((2, 4, 3, 4), torch.float32, module_gate_fn(m), device, fmt)
+    torch.library.opcheck(torch.ops.cbam_fast.forward.default, _op_args(m, x))
+
+
+@pytest.mark.parametrize(
+    "bn,dynamic,backend",
+    [(False, False, "inductor"), (False, True, "inductor"), (True, True, "aot_eager")],
+    ids=["default-static-inductor", "default-dynamic-inductor", "bn-train-dynamic-aot_eager"],
+)
+def test_torch_compile_fullgraph(triton_backend, device, bn, dynamic, backend):
+    """No graph break (fullgraph=True), forward and backward, the same numbers as eager. (The
+    BatchNorm variant uses the aot_eager backend: the same capture and AOT autograd, without the
+    minutes of C++ compilation inductor needs on a CPU.)"""
+    torch._dynamo.reset()
+    eager = _model(bn).to(device).train()
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model, fullgraph=True, dynamic=dynamic, backend=backend)
+    for shape in ((2, 3, 9, 10), (3, 3, 7, 11)):
+        x = torch.randn(shape, device=device)
+        y_c = compiled(x)
+        y_e = eager(x)
+        torch.testing.assert_close(y_c, y_e, rtol=1e-5, atol=1e-6)
+        y_c.square().mean().backward()
+        y_e.square().mean().backward()
+    for (name, p_e), p_c in zip(eager.named_parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(p_c.grad, p_e.grad, rtol=1e-5, atol=1e-6, msg=name)
+    for b_e, b_c in zip(eager.buffers(), compiled_model.buffers()):
+        torch.testing.assert_close(b_c, b_e)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16] + ([torch.float16] if HAS_CUDA else []), ids=str)
+def test_autocast(triton_backend, device, dtype):
+    """Under autocast the output dtype follows the eager reference's (x's dtype, by promotion of
+    x * gate), parameters stay fp32, and the numbers agree to the autocast dtype's precision."""
+    m = cbam_fast.CBAM(16, 4).to(device)
+    for x_dtype in (torch.float32, dtype):
+        x = tie_free_input((2, 16, 6, 7), x_dtype, module_gate_fn(m), device)
+        with torch.autocast(device_type=device, dtype=dtype):
+            y = m(x)
+            ref = cbam_fast.reference.cbam(x, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, m.conv.weight)
+        assert y.dtype == ref.dtype == x_dtype
+        assert m.fc1.weight.dtype == torch.float32
+        torch.testing.assert_close(y.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_torch_export(triton_backend, device):
+    m = _model().to(device).eval()
+    x = torch.randn(2, 3, 9, 10, device=device)
+    ep = torch.export.export(m, (x,))
+    assert any("cbam_fast.forward" in str(n.target) for n in ep.graph.nodes)
+    x2 = torch.randn(2, 3, 9, 10, device=device)
+    torch.testing.assert_close(ep.module()(x2), m(x2), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo-exporter", "torchscript-exporter"])
+def test_onnx_export_runs_in_onnxruntime(triton_backend, tmp_path, dynamo):
+    onnx = pytest.importorskip("onnx", reason="onnx is installed by scripts/run.sh where PyPI is reachable")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is installed by scripts/run.sh where PyPI is reachable")
+    if dynamo:
+        pytest.importorskip("onnxscript", reason="the dynamo ONNX exporter needs onnxscript")
+    m = _model(bn=True).eval()
+    with torch.no_grad():
+        m[1].bn.running_mean.fill_(0.2)
+        m[1].bn.running_var.fill_(1.5)
+    x = torch.randn(2, 3, 9, 10)
+    path = tmp_path / "cbam.onnx"
+    torch.onnx.export(m, (x,), str(path), dynamo=dynamo)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert not any(o.startswith("cbam") or "Adaptive" in o or o in ("MaxPool", "GlobalMaxPool") for o in ops), ops
+    assert "ReduceMax" in ops
+    sess = ort.InferenceSession(str(path))
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(out), m(x).detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_deterministic_mode_bitwise(triton_backend, device):
+    m = _model(bn=True).to(device).train()
+    x = torch.randn(2, 3, 9, 10, device=device)
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(2):
+            mm = copy.deepcopy(m)
+            y = mm(x)
+            y.square().mean().backward()
+            runs.append((y.detach(), [p.grad for p in mm.parameters()], list(mm.buffers())))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    (y0, g0, b0), (y1, g1, b1) = runs
+    assert torch.equal(y0, y1)
+    assert all(torch.equal(a, b) for a, b in zip(g0, g1))
+    assert all(torch.equal(a, b) for a, b in zip(b0, b1))
+
+
+def test_save_load_round_trip(triton_backend, device, tmp_path):
+    m = _model(bn=True).to(device).eval()
+    x = torch.randn(2, 3, 9, 10, device=device)
+    with torch.no_grad():
+        y = m(x)
+    torch.save(m, tmp_path / "model.pt")
+    torch.save(m.state_dict(), tmp_path / "state.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    fresh = _model(bn=True, seed=99).to(device).eval()
+    fresh.load_state_dict(torch.load(tmp_path / "state.pt"))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), y)
+        assert torch.equal(fresh(x), y)
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+def _ddp_worker(rank, world, port, x, target, state, out_path):
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = _model()
+        model.load_state_dict(state)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        per = x.shape[1] // world
+        for step in range(x.shape[0]):
+            opt.zero_grad()
+            xs, ts = x[step, rank * per:(rank + 1) * per], target[step, rank * per:(rank + 1) * per]
+            (ddp(xs) - ts).square().mean().backward()
+            opt.step()
+        torch.save({n: p.detach() for n, p in model.named_parameters()}, f"{out_path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_data_parallel(triton_backend, tmp_path):
+    """2 gloo processes on CPU train through the Triton kernels (interpreter); both ranks end with
+    the same parameters as one process trained on the same global batches."""
+    gen = torch.Generator().manual_seed(5)
+    steps, batch = 2, 4
+    x = torch.randn(steps, batch, 3, 5, 6, generator=gen)
+    target = torch.randn(steps, batch, 4, 5, 6, generator=gen)
+    state = _model().state_dict()
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "params")
+    mp.spawn(_ddp_worker, args=(2, port, x, target, state, out), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.{r}") for r in range(2)]
+
+    single = _model()
+    single.load_state_dict(state)
+    opt = torch.optim.SGD(single.parameters(), lr=0.1)
+    for step in range(steps):
+        opt.zero_grad()
+        (single(x[step]) - target[step]).square().mean().backward()
+        opt.step()
+    for name, p in single.named_parameters():
+        assert torch.equal(ranks[0][name], ranks[1][name]), f"{name} differs across ranks"
+        torch.testing.assert_close(ranks[0][name], p.detach(), rtol=1e-5, atol=1e-6, msg=name)
+
+
+# ----------------------------------------------------------------------------- CUDA only
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_capture_and_replay():
+    m = cbam_fast.CBAM(64, 16).cuda()
+    x = torch.randn(4, 64, 14, 14, device="cuda", requires_grad=True)
+    static_dy = torch.randn(4, 64, 14, 14, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # warm up (compiles kernels) outside the capture
+            m(x).backward(static_dy)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    x.grad = None
+    for p in m.parameters():
+        p.grad = None
+    with torch.cuda.graph(graph):
+        y = m(x)
+        y.backward(static_dy)
+    with torch.no_grad():
+        x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    x_ref = x.detach().clone().requires_grad_()
+    ref = cbam_fast.reference.cbam(x_ref, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, m.conv.weight)
+    ref.backward(static_dy)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a CUDA device")
+def test_compile_reduce_overhead():
+    m = _model().cuda()
+    compiled = torch.compile(m, mode="reduce-overhead", fullgraph=True)
+    for _ in range(3):
+        x = torch.randn(2, 3, 16, 16, device="cuda")
+        y = compiled(x)
+        y.square().mean().backward()
+    torch.testing.assert_close(compiled(x), m(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_second_device():
+    m = cbam_fast.CBAM(32, 8).to("cuda:1")
+    x = torch.randn(2, 32, 9, 9, device="cuda:1", requires_grad=True)
+    y = m(x)
+    y.sum().backward()
+    assert y.device == x.grad.device == torch.device("cuda:1")
+    ref = cbam_fast.reference.cbam(x, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, m.conv.weight)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)

@@ -115,6 +115,10 @@ def _spatial_conv(module, owner, in_maps):
     if not isinstance(module, nn.Conv2d) or module.in_channels != in_maps or module.out_channels != 1:
         _refuse(owner, f"a spatial conv other than {in_maps} -> 1 channels")
     k = module.kernel_size[0]
+    from .kernels import KERNEL_SIZES
+
+    if k not in KERNEL_SIZES:
+        _refuse(owner, f"spatial kernel size {k} (cbam_fast serves {KERNEL_SIZES})")
     if module.kernel_size != (k, k) or module.padding != (k // 2, k // 2) or module.stride != (1, 1) \
             or module.dilation != (1, 1) or module.groups != 1 or module.padding_mode != "zeros":
         _refuse(owner, f"spatial conv {module} (cbam_fast needs a square odd 'same' conv, stride 1)")
@@ -260,6 +264,10 @@ def from_module(module: nn.Module):
         raise UnsupportedModule(f"{type(module).__name__}: a spatial BatchNorm without running statistics")
     new.load_state_dict(module.state_dict(), strict=True)
     new.train(module.training)
+    bn = module_bn(module)
+    if new.bn is not None:  # the BatchNorm keeps its own mode and dtype (e.g. frozen, or fp32 in an fp16 model)
+        new.bn.to(dtype=bn.weight.dtype).train(bn.training)
+        new.bn.load_state_dict(bn.state_dict())
     return new
 
 

@@ -144,6 +144,8 @@ def _kernel_conv(conv_weight, conv_bias, spatial_pool, bn):
         wc = torch.cat([wc, wc], dim=1) * 0.5
     bc = conv_bias
     if bn is not None and not _bn_uses_batch_stats(bn):
+        wc = wc.float()  # fold in fp32 (the kernels compute in fp32 anyway), also for a bf16 model
+        bc = None if bc is None else bc.float()
         scale = torch.rsqrt(bn.running_var.to(wc.dtype) + bn.eps)
         if bn.weight is not None:
             scale = scale * bn.weight.to(wc.dtype)
@@ -191,8 +193,8 @@ def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias=N
             "TRITON_INTERPRET=1 before importing cbam_fast, or use CBAM_FAST_BACKEND=auto"
         )
     N, C, H, W = x.shape
-    if N == 0:
-        y = torch.empty_like(x)
+    if N == 0:  # an empty batch: an empty output that stays connected to the graph
+        y = x * 0
         acc = acc_dtype(x.dtype)
         gates = (x.new_empty((0, C), dtype=acc), x.new_empty((0, 1, H, W), dtype=acc))
         return (y, *gates) if return_gates else y

@@ -49,6 +49,12 @@ def _device_guard(x: Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
+def _no_autocast(x: Tensor):
+    """The ops compute in fp32 (fp64 for fp64 inputs) whatever autocast is active outside: the
+    few PyTorch ops inside (the training-mode BatchNorm's conv) must not be autocast to 16 bits."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def output_format(x: Tensor):
     """The memory format of y and dx: x's own when the kernels serve it, else contiguous."""
     layout, _ = layout_of(x)
@@ -112,7 +118,7 @@ def forward_op(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     params = kernel_params(x, w1, b1, w2, b2, wc, bc)
     bn = _BatchNormTrain(wc, bc, bn_weight, bn_bias, bn_eps) if bn_train else None
-    with _device_guard(x):
+    with _device_guard(x), _no_autocast(x):
         y, saved = cbam_forward(x, *params, mlp=ChannelMLP(pool, two_layer), spatial_preact=None if bn is None else bn.preact)
     N, _, H, W = x.shape
     if bn is None:
@@ -155,12 +161,15 @@ def backward_op(
             bn_grads.extend([dweight, dbias])
             return dz
 
-    with _device_guard(x):
+    with _device_guard(x), _no_autocast(x):
         dx, mlp_grads, conv_grads, _ = cbam_backward(
             dy, x, Saved(a=a, z=z, smap=smap, sidx=sidx), kw1, kb1, kw2, kwc,
             need_x=need_x, need_mlp=need_mlp, need_conv=need_conv, mlp=ChannelMLP(pool, two_layer), dz_hook=dz_hook,
         )
     dw1, db1, dw2, db2 = mlp_grads if mlp_grads is not None else (None,) * 4
+    # a bias the caller did not give was zero-filled for the kernels: it gets no gradient
+    db1 = db1 if b1 is not None else None
+    db2 = db2 if b2 is not None else None
     dwc, dbc = conv_grads if conv_grads is not None else (None, None)
     if dwc is not None:  # both are slices of one partial-sum row: outputs must not alias
         dwc, dbc = dwc.clone().view_as(wc), dbc.clone()
@@ -182,7 +191,7 @@ def _backward_fake(dy, x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bn_
 
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_format(x)) if need_x else a.new_empty(0)
     bn = zhat.numel() > 0
-    return (dx, like(w1, need_mlp), like(b1, need_mlp), like(w2, need_mlp), like(b2, need_mlp and w2 is not None),
+    return (dx, like(w1, need_mlp), like(b1, need_mlp), like(w2, need_mlp), like(b2, need_mlp),
             like(wc, need_conv), sized(1, need_conv), sized(1, bn), sized(1, bn))
 
 

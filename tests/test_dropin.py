@@ -208,6 +208,28 @@ def test_unsupported_options_are_refused(factory, option):
     assert out[1] is m and replaced == []
 
 
+def test_unsupported_kernel_size_is_refused_not_raised():
+    m = ultralytics_cbam.CBAM(C, 7)
+    m.spatial_attention.cv1 = nn.Conv2d(2, 1, 9, padding=4, bias=False)
+    with pytest.raises(cbam_fast.UnsupportedModule, match="spatial kernel size 9"):
+        cbam_fast.CBAM.from_module(m)
+    with pytest.warns(UserWarning, match="spatial kernel size 9"):
+        out, replaced = cbam_fast.convert(nn.Sequential(m))
+    assert out[0] is m and replaced == []
+
+
+def test_frozen_spatial_bn_keeps_its_mode(triton_backend, device):
+    """A model in train() whose spatial BatchNorm was put in eval() (frozen statistics)."""
+    orig = make_original("official").to(device).train()
+    orig.SpatialGate.spatial.bn.eval()
+    fast = cbam_fast.CBAM.from_module(orig)
+    assert fast.training and not fast.bn.training
+    x = tie_free_input((2, C, 5, 6), torch.float32, module_gate_fn(fast), device)
+    before = fast.bn.running_mean.clone()
+    torch.testing.assert_close(fast(x), orig(x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(fast.bn.running_mean, before)
+
+
 def test_unsupported_spatial_bn_activation():
     m = timm_cbam.CbamModule(C)
     m.spatial.conv.bn.act = nn.ReLU()

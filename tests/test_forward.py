@@ -93,7 +93,10 @@ def test_module_matches_functional(triton_backend, device):
 
 
 def test_empty_batch(triton_backend, device):
-    params = make_params(8, 4, 3, device)
-    x = torch.randn(0, 8, 5, 5, device=device)
+    """N = 0 gives an empty output that stays in the graph (backward works, zero gradients)."""
+    params = {n: None if p is None else p.requires_grad_() for n, p in make_params(8, 4, 3, device).items()}
+    x = torch.randn(0, 8, 5, 5, device=device, requires_grad=True)
     y = run_cbam(x, params)
     assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape

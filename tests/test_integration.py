@@ -47,6 +47,16 @@ def test_opcheck(triton_backend, device, variant, fmt):
     torch.library.opcheck(torch.ops.cbam_fast.forward.default, _op_args(m, x))
 
 
+def test_fake_matches_real_with_one_mlp_bias(triton_backend, device):
+    """A two-layer MLP with only fc1's bias: the real and fake ops agree on every output's shape."""
+    m = cbam_fast.CBAM(4, 2, 3).to(device)
+    x = tie_free_input((2, 4, 3, 4), torch.float32, module_gate_fn(m), device)
+    args = list(_op_args(m, x))
+    args[4] = None  # no fc2 bias
+    torch.library.opcheck(torch.ops.cbam_fast.forward.default, tuple(args),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
 @pytest.mark.parametrize(
     "bn,dynamic,backend",
     [(False, False, "inductor"), (False, True, "inductor"), (True, True, "aot_eager")],
@@ -73,18 +83,24 @@ def test_torch_compile_fullgraph(triton_backend, device, bn, dynamic, backend):
         torch.testing.assert_close(b_c, b_e)
 
 
+@pytest.mark.parametrize("bn", [False, True], ids=["default", "bn-train"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16] + ([torch.float16] if HAS_CUDA else []), ids=str)
-def test_autocast(triton_backend, device, dtype):
+def test_autocast(triton_backend, device, dtype, bn):
     """Under autocast the output dtype follows the eager reference's (x's dtype, by promotion of
-    x * gate), parameters stay fp32, and the numbers agree to the autocast dtype's precision."""
-    m = cbam_fast.CBAM(16, 4).to(device)
+    x * gate), parameters stay fp32, the arithmetic inside stays fp32 (the same numbers as
+    without autocast), and the reference under autocast agrees to the autocast dtype's precision."""
+    m = cbam_fast.CBAM(16, 4, spatial_bn=bn).to(device).train()
     for x_dtype in (torch.float32, dtype):
         x = tie_free_input((2, 16, 6, 7), x_dtype, module_gate_fn(m), device)
+        plain = copy.deepcopy(m)(x)
+        ref_module = copy.deepcopy(m)
         with torch.autocast(device_type=device, dtype=dtype):
             y = m(x)
-            ref = cbam_fast.reference.cbam(x, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, m.conv.weight)
+            ref = cbam_fast.reference.cbam(x, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, m.conv.weight,
+                                           bn=ref_module.bn)
         assert y.dtype == ref.dtype == x_dtype
         assert m.fc1.weight.dtype == torch.float32
+        torch.testing.assert_close(y, plain, rtol=0, atol=0)
         torch.testing.assert_close(y.float(), ref.float(), rtol=2e-2, atol=2e-2)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 # ----------------------------------------------------------------------------- cases
 
@@ -66,9 +66,10 @@ def compulsory_bytes(shape: Iterable[int], dtype: str, mode: str) -> int:
 
 
 def small_shape(shape: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    """The CPU correctness mode's stand-in for a case: at most 2 samples, C / 16, H / 7, W / 7."""
+    """The CPU correctness mode's stand-in for a case: at most 2 samples, C / 16, H / 7 and W / 7
+    capped at 9 (the interpreter's cost grows with the number of kernel programs)."""
     N, C, H, W = shape
-    return min(N, 2), max(1, C // 16), max(1, H // 7), max(1, W // 7)
+    return min(N, 2), max(1, C // 16), min(9, max(1, H // 7)), min(9, max(1, W // 7))
 
 
 # ----------------------------------------------------------------------------- configurations
@@ -102,21 +103,26 @@ TARGET_GROUPS = ("r50-b32", "r50-b1")
 
 
 def tier(cfg: Config) -> int:
-    """Priority of a configuration (0 first):
+    """Priority of a configuration (0 first), by what it tells per second of GPU time:
 
-    0. the targets' rows (bf16, ResNet-50 shapes at batch 32 and batch 1) for cbam_fast, eager and
-       torch.compile's default mode;
-    1. every other cbam_fast and eager row (cheap: no compilation);
-    2. max-autotune on the batch-32 targets' rows (slow to compile: tens of seconds each);
-    3. every other torch.compile default-mode row;
-    4. every other max-autotune row.
+    0. the targets' rows: bf16 ResNet-50 stages at batch 32 for cbam_fast, eager and
+       torch.compile's default mode; at batch 1 for cbam_fast and eager (the batch-1 target is
+       against eager);
+    1. max-autotune on the batch-32 targets' forward rows (each compile: tens of seconds);
+    2. every other cbam_fast and eager row (no compilation: about a second each);
+    3. max-autotune on the batch-32 targets' forward+backward rows (a minute or more each);
+    4. every other torch.compile default-mode row;
+    5. every other max-autotune row.
     """
     target = cfg.dtype == TARGET_DTYPE and cfg.case.group in TARGET_GROUPS
+    b32_target = target and cfg.case.group == "r50-b32"
     if cfg.impl in ("cbam_fast", "eager"):
-        return 0 if target else 1
+        return 0 if target else 2
     if cfg.impl == "compile":
-        return 0 if target else 3
-    return 2 if target and cfg.case.group == "r50-b32" else 4
+        return 0 if b32_target else 4
+    if b32_target:
+        return 1 if cfg.mode == "fwd" else 3
+    return 5
 
 
 def _order(cfg: Config):
@@ -144,8 +150,9 @@ def all_configs() -> list[Config]:
     return sorted(configs, key=_order)
 
 
-# quick: what gpu_check.sh runs by default (tiers 0-2); full: everything
-PROFILES = {"quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}
+# quick: what gpu_check.sh runs by default (tiers 0-3: the targets, every cbam_fast and eager
+# row, max-autotune on the targets); full: everything
+PROFILES = {"quick": (0, 1, 2, 3), "full": (0, 1, 2, 3, 4, 5)}
 
 
 def _normalise(values, table, what):
@@ -191,6 +198,40 @@ def select(profile: str = "full", *, skip_done: Iterable[tuple] = (), cases=None
             continue
         out.append(cfg)
     return out
+
+
+def cpu_check_configs() -> list[Config]:
+    """What the CPU correctness mode checks, each at :func:`small_shape`, forward and gradients.
+
+    Every benchmarked code path (implementation x mode x memory format, and each io dtype) on a
+    sample of the shapes, so that it stays fast whatever the interpreter costs per kernel program:
+
+    * the first case of each group (ResNet-50 batch 32, batch 1, YOLO), every mode and memory
+      format, in fp32, for cbam_fast (its Triton kernels through the interpreter), the eager
+      reference and torch.compile (without a GPU traced with ``backend="eager"``: graph capture,
+      ``fullgraph=True``, so a graph break fails);
+    * torch.compile's max-autotune entry on the first case, each mode (with ``backend="eager"``
+      the mode changes nothing, so more would repeat the same check);
+    * cbam_fast in bf16 (channels_last) and fp16 (NCHW) on the first case, forward only: random
+      half-precision inputs have near-ties in the max pools, where gradients legitimately route
+      differently.
+
+    The kernels themselves, on every shape class, dtype and layout, are the test suite's job
+    (``tests/``, with tie-free inputs).
+    """
+    firsts = []
+    for case in CASES:
+        if all(f.group != case.group for f in firsts):
+            firsts.append(case)
+    configs = [
+        Config(case, "float32", fmt, mode, impl)
+        for case in firsts for mode in case.modes for fmt in FORMATS for impl in ("cbam_fast", "eager", "compile")
+    ]
+    first = CASES[0]
+    configs += [Config(first, "float32", "contiguous", mode, "compile_max_autotune") for mode in first.modes]
+    configs += [Config(first, "bfloat16", "channels_last", "fwd", "cbam_fast"),
+                Config(first, "float16", "contiguous", "fwd", "cbam_fast")]
+    return configs
 
 
 # ----------------------------------------------------------------------------- targets

@@ -18,7 +18,7 @@ Timing protocol (shared by the pytest suite and the runner, so both give the sam
 from __future__ import annotations
 
 import statistics
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -40,17 +40,26 @@ class GpuClock:
 
     def __init__(self):
         self.durations_ms: list[float] = []
-        self._start: torch.cuda.Event | None = None
+        self._start = None
         self._reading_s = 0.0
 
-    def __call__(self) -> float:
+    def _mark(self):
+        """Record a point in the GPU's stream (not waited for)."""
         event = torch.cuda.Event(enable_timing=True)
         event.record()
+        return event
+
+    def _elapsed_ms(self, start, end) -> float:
+        """Wait for ``end``; the GPU time from ``start`` to ``end`` in ms."""
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    def __call__(self) -> float:
+        mark = self._mark()
         if self._start is None:
-            self._start = event
+            self._start = mark
             return self._reading_s
-        event.synchronize()
-        elapsed_ms = self._start.elapsed_time(event)
+        elapsed_ms = self._elapsed_ms(self._start, mark)
         self._start = None
         self.durations_ms.append(elapsed_ms)
         self._reading_s += elapsed_ms / 1e3
@@ -59,6 +68,9 @@ class GpuClock:
     def reset(self) -> None:
         self.durations_ms = []
         self._start = None
+
+    def __repr__(self) -> str:  # how pytest-benchmark names its timer
+        return f"benchmarks.measure.{type(self).__name__}(CUDA events)"
 
 
 class L2Flush:
@@ -94,11 +106,13 @@ def copy_bandwidth_gbps(nbytes: int = 2**30, rounds: int = 20, warmup: int = 3) 
     so no flush is needed). This is the floor's bandwidth."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda").fill_(1.0)
     dst = torch.empty_like(src)
-    for _ in range(warmup):
+
+    def copy():
         dst.copy_(src)
-    times = timed_rounds(lambda: dst.copy_(src), lambda: None, rounds, GpuClock())
-    del src, dst
-    torch.cuda.empty_cache()
+
+    for _ in range(warmup):
+        copy()
+    times = timed_rounds(copy, lambda: None, rounds, GpuClock())
     return 2 * nbytes / (median(times) / 1e3) / 1e9
 
 
@@ -127,7 +141,7 @@ def count_launches(step: Callable[[], None]) -> int | None:
     except Exception as exc:  # CUPTI unavailable or busy: report no count rather than a wrong one
         import warnings
 
-        warnings.warn(f"launch count unavailable: torch.profiler failed ({type(exc).__name__}: {exc})")
+        warnings.warn(f"launch count unavailable: torch.profiler failed ({type(exc).__name__}: {exc})", stacklevel=2)
         return None
 
 

@@ -95,7 +95,7 @@ def results_path(out_dir: Path, stamp_: dict) -> Path:
     return path
 
 
-def make_row(cfg: "cases.Config", median_ms: float, copy_gbps: float, peak_mem_mb, launches) -> dict:
+def make_row(cfg: cases.Config, median_ms: float, copy_gbps: float, peak_mem_mb, launches) -> dict:
     """A results row; GB/s on compulsory bytes and % of the floor derived from the median."""
     gbps = cases.compulsory_bytes(cfg.case.shape, cfg.dtype, cfg.mode) / (median_ms / 1e3) / 1e9
     return {
@@ -130,7 +130,8 @@ def validate(doc: dict) -> None:
     for i, row in enumerate(doc["rows"]):
         where = f"results: rows[{i}]"
         if not isinstance(row, dict) or set(row) != set(ROW_FIELDS):
-            raise ValueError(f"{where}: keys must be {sorted(ROW_FIELDS)}, got {sorted(row) if isinstance(row, dict) else row!r}")
+            got = sorted(row) if isinstance(row, dict) else repr(row)
+            raise ValueError(f"{where}: keys must be {sorted(ROW_FIELDS)}, got {got}")
         if not isinstance(row["case"], str):
             raise ValueError(f"{where}: case must be a string")
         shape = row["shape"]

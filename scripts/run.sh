@@ -3,6 +3,7 @@
 #
 #   bash scripts/run.sh test  [pytest args]   # tests/      (CPU: Triton interpreter; CUDA: compiled kernels)
 #   bash scripts/run.sh bench [pytest args]   # benchmarks/ (CUDA: timings; CPU: small-shape correctness only)
+#   (on a GPU machine, benchmarks/gpu_check.sh OUTDIR runs tests, compute-sanitizer and benchmarks in one call)
 #
 # CPU machine: installs the CPU wheel torch==2.13.0. CUDA machine: the venv sees the system's
 # torch/triton (--system-site-packages) and installs only what is missing.
@@ -38,8 +39,21 @@ fi
 python -c "import triton" 2>/dev/null || pip_install "triton>=3.1"
 python -c "import pytest, pytest_benchmark, numpy" 2>/dev/null || pip_install "pytest>=8" "pytest-benchmark>=4" numpy
 python -c "import setuptools" 2>/dev/null || pip_install "setuptools>=64"
+# matplotlib draws the benchmark plot (benchmarks/report.py; tests/test_bench_tools.py checks it).
+# Without it (e.g. a GPU machine with no network) only the plot is skipped, so a failed install is not fatal.
+python -c "import matplotlib" 2>/dev/null || pip_install --timeout 20 --retries 1 matplotlib \
+  || echo "cbam_fast env: matplotlib could not be installed: benchmark plots will be skipped" >&2
+# Optional test extras, each test that needs one skips with its reason where it cannot be had:
+# onnx/onnxruntime/onnxscript (ONNX export test), hypothesis (fuzz), pytest-xdist (parallel run).
+python -c "import onnx, onnxruntime, onnxscript, hypothesis, xdist" 2>/dev/null \
+  || pip_install --timeout 30 --retries 1 onnx onnxruntime onnxscript hypothesis pytest-xdist \
+  || echo "cbam_fast env: optional test extras could not be installed" >&2
 python -c "import importlib.metadata as m; m.version('cbam_fast')" 2>/dev/null \
   || pip_install --no-deps --no-build-isolation -e .
 
 python -c "import torch, triton; print(f'cbam_fast env: torch {torch.__version__}, triton {triton.__version__}, cuda {torch.cuda.is_available()}')"
-exec python -m pytest "$target" "$@"
+parallel=()
+if [ "$job" = test ] && python -c "import xdist" 2>/dev/null; then
+  parallel=(-n "${CBAM_FAST_TEST_WORKERS:-2}")  # the interpreter is single-threaded: one worker per core
+fi
+exec python -m pytest "$target" "${parallel[@]}" "$@"

@@ -255,10 +255,13 @@ def test_pytest_benchmark_times_with_the_gpu_clock_protocol(tmp_path):
     pytest.importorskip("pytest_benchmark")
     (tmp_path / "test_pairing.py").write_text(PAIRING_TEST)
     report_json = tmp_path / "pytest-benchmark.json"
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path),
+    # a plain, serial pytest: under an xdist worker's environment pytest-benchmark would run one round
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", str(tmp_path),
                           f"--benchmark-json={report_json}", "--benchmark-columns", "median,min,max,iqr,rounds",
                           "--benchmark-sort", "name"],
-                         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         capture_output=True, text=True, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (entry,) = json.loads(report_json.read_text())["benchmarks"]  # the Config parameter serialises
     assert math.isclose(entry["stats"]["median"], 0.010) and entry["extra_info"]["median_ms"] == 10.0

@@ -21,7 +21,7 @@ tiny dots.
 import triton
 import triton.language as tl
 
-from .common import first_argmax, sigmoid, tile_offsets
+from .common import first_argmax, merge_argmax, sigmoid, tile_offsets
 
 
 @triton.jit
@@ -54,9 +54,7 @@ def channel_pool_kernel(
         v = tl.load(X + tile_offsets(n, o_c, o_p, s_n, s_c, s_p, LAYOUT), mask=m, other=0.0).to(acc_ty)
         b_sum += tl.sum(v, axis=1)
         t_max, t_idx = first_argmax(tl.where(m, v, float("-inf")), o_p[None, :], 1)
-        better = t_max > b_max  # strict: on a tie the earlier position keeps the index
-        b_idx = tl.where(better, t_idx, b_idx)
-        b_max = tl.where(better, t_max, b_max)
+        b_max, b_idx = merge_argmax(b_max, b_idx, t_max, t_idx)  # on a tie the earlier position keeps it
 
     o_out = (n * n_splits + split) * C + o_c
     tl.store(PSUM + o_out, b_sum, mask=m_c)
@@ -76,20 +74,20 @@ def _reduce_pool_partials(PSUM, PMAX, PIDX, n, o_c, m_c, C, P, n_splits):
         v_sum += tl.load(PSUM + o, mask=m_c, other=0.0)
         s_max = tl.load(PMAX + o, mask=m_c, other=float("-inf"))
         s_idx = tl.load(PIDX + o, mask=m_c, other=2147483647)
-        better = s_max > v_max
-        v_idx = tl.where(better, s_idx, v_idx)
-        v_max = tl.where(better, s_max, v_max)
+        v_max, v_idx = merge_argmax(v_max, v_idx, s_max, s_idx)
     return v_sum / P, v_max, v_idx
 
 
 @triton.jit
 def _matvec(M, o_r, m_r, V, n_k, s_r, s_k, BLOCK_K: tl.constexpr):
-    """``out[r] = sum_k M[r * s_r + k * s_k] * V[k]`` for the rows o_r, k < n_k (V contiguous)."""
+    """``out[r] = sum_k M[r * s_r + k * s_k] * V[k]`` for the rows o_r, k < n_k (V contiguous).
+    int64 offsets: a single-layer MLP's ``[C, C]`` weight passes 2**31 elements from C = 46341."""
     out = tl.zeros(o_r.shape, dtype=M.dtype.element_ty)
+    o_r64 = o_r.to(tl.int64)
     for k0 in range(0, n_k, BLOCK_K):
         o_k = k0 + tl.arange(0, BLOCK_K)
         m_k = o_k < n_k
-        w = tl.load(M + o_r[:, None] * s_r + o_k[None, :] * s_k, mask=m_r[:, None] & m_k[None, :], other=0.0)
+        w = tl.load(M + o_r64[:, None] * s_r + o_k.to(tl.int64)[None, :] * s_k, mask=m_r[:, None] & m_k[None, :], other=0.0)
         out += tl.sum(w * tl.load(V + o_k, mask=m_k, other=0.0)[None, :], axis=1)
     return out
 
@@ -134,13 +132,13 @@ def channel_mlp_fwd_kernel(
         if HAS_BIAS:
             pre += tl.load(B1 + o_h, mask=m_h, other=0.0)
         if TWO_LAYER:
-            pre = tl.maximum(pre, 0.0)
+            pre = tl.where(pre < 0.0, 0.0, pre)  # ReLU keeping NaN, as torch.relu
         if POOL == 0:
             pre1 = _matvec(W1, o_h, m_h, v1_row, C, C, 1, BLOCK_C)
             if HAS_BIAS:
                 pre1 += tl.load(B1 + o_h, mask=m_h, other=0.0)
             if TWO_LAYER:
-                pre1 = tl.maximum(pre1, 0.0)
+                pre1 = tl.where(pre1 < 0.0, 0.0, pre1)
             pre += pre1
         if TWO_LAYER:
             tl.store(HSCR + n * HID + o_h, pre, mask=m_h)
@@ -213,15 +211,17 @@ def channel_mlp_bwd_kernel(
             pre0 = _matvec(W1, o_h, m_h, v0_row, C, C, 1, BLOCK_C)
             if HAS_BIAS:
                 pre0 += tl.load(B1 + o_h, mask=m_h, other=0.0)
-            dp0 = tl.where(pre0 > 0.0, d_hid, 0.0)
-            hs = tl.maximum(pre0, 0.0)
+            # ReLU backward as torch's threshold_backward: the gradient passes where pre > 0 or
+            # pre is NaN; the recomputed activation keeps NaN as torch.relu
+            dp0 = tl.where(pre0 <= 0.0, 0.0, d_hid)
+            hs = tl.where(pre0 < 0.0, 0.0, pre0)
             dp1 = tl.zeros([BLOCK_H], dtype=dp0.dtype)
             if POOL == 0:
                 pre1 = _matvec(W1, o_h, m_h, v1_row, C, C, 1, BLOCK_C)
                 if HAS_BIAS:
                     pre1 += tl.load(B1 + o_h, mask=m_h, other=0.0)
-                dp1 = tl.where(pre1 > 0.0, d_hid, 0.0)
-                hs += tl.maximum(pre1, 0.0)
+                dp1 = tl.where(pre1 <= 0.0, 0.0, d_hid)
+                hs += tl.where(pre1 < 0.0, 0.0, pre1)
             tl.store(HS + n * HID + o_h, hs, mask=m_h)
         else:
             dp0 = tl.load(da_row + o_h, mask=m_h, other=0.0)
@@ -273,27 +273,39 @@ def channel_mlp_wgrad_kernel(
     g_w2 = tl.zeros([BLOCK_C, BLOCK_H], dtype=acc_ty)
     g_b1 = tl.zeros([BLOCK_H], dtype=acc_ty)
     g_b2 = tl.zeros([BLOCK_C], dtype=acc_ty)
-    for n in range(0, N):  # the [N, *] rows here are tiny: int32 offsets suffice
-        dp0 = tl.load(DPRE + (n * 2) * HID + o_h, mask=m_h, other=0.0)
-        v0 = tl.load(VSCR + (n * 2) * C + o_c, mask=m_c, other=0.0)
+    # The [N, 2, C] rows pass 2**31 elements when N * C does: walk them with pointer increments
+    # (64-bit) instead of n * C products in int32.
+    dpre_row = DPRE
+    v_row = VSCR
+    da_row = DA
+    hs_row = HS
+    for n in range(0, N):
+        dp0 = tl.load(dpre_row + o_h, mask=m_h, other=0.0)
+        v0 = tl.load(v_row + o_c, mask=m_c, other=0.0)
         g_w1 += dp0[:, None] * v0[None, :]
         g_b1 += dp0
         if POOL == 0:
-            dp1 = tl.load(DPRE + (n * 2 + 1) * HID + o_h, mask=m_h, other=0.0)
-            v1 = tl.load(VSCR + (n * 2 + 1) * C + o_c, mask=m_c, other=0.0)
+            dp1 = tl.load(dpre_row + HID + o_h, mask=m_h, other=0.0)
+            v1 = tl.load(v_row + C + o_c, mask=m_c, other=0.0)
             g_w1 += dp1[:, None] * v1[None, :]
             g_b1 += dp1
         if TWO_LAYER:
-            da = tl.load(DA + n * C + o_c, mask=m_c, other=0.0)
-            hs = tl.load(HS + n * HID + o_h, mask=m_h, other=0.0)
+            da = tl.load(da_row + o_c, mask=m_c, other=0.0)
+            hs = tl.load(hs_row + o_h, mask=m_h, other=0.0)
             g_w2 += da[:, None] * hs[None, :]
             g_b2 += da
-    tl.store(DW1 + o_h[:, None] * C + o_c[None, :], g_w1, mask=m_h[:, None] & m_c[None, :])
+        dpre_row += 2 * HID
+        v_row += 2 * C
+        da_row += C
+        hs_row += HID
+    o_h64 = o_h.to(tl.int64)
+    o_c64 = o_c.to(tl.int64)
+    tl.store(DW1 + o_h64[:, None] * C + o_c[None, :], g_w1, mask=m_h[:, None] & m_c[None, :])
     if HAS_BIAS:
         if pid_c == 0:
             tl.store(DB1 + o_h, g_b1, mask=m_h)
     if TWO_LAYER:
-        tl.store(DW2 + o_c[:, None] * HID + o_h[None, :], g_w2, mask=m_c[:, None] & m_h[None, :])
+        tl.store(DW2 + o_c64[:, None] * HID + o_h[None, :], g_w2, mask=m_c[:, None] & m_h[None, :])
         if HAS_BIAS:
             if pid_h == 0:
                 if POOL == 0:

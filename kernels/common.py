@@ -20,6 +20,9 @@ LAYOUT_STRIDED = 2
 
 # Larger than any channel or position index; used as "no index" in argmin-style reductions.
 INDEX_SENTINEL = 2**31 - 1
+# Channel and position indices, masked lanes included, are below this (the launchers refuse H*W
+# or C above 2**29); first_argmax spells it as a literal (a jit function reads no module globals).
+INDEX_OFFSET = 2**30
 
 
 @triton.jit
@@ -44,11 +47,32 @@ def sigmoid(z):
 
 @triton.jit
 def first_argmax(v, idx, AXIS: tl.constexpr):
-    """Max of ``v`` along AXIS and the smallest ``idx`` reaching it (the index rule of torch.max)."""
+    """Max of ``v`` along AXIS and the smallest ``idx`` reaching it (the index rule of torch.max).
+    A NaN wins and the first NaN's index is reported, as torch.max(dim) does (``tl.max`` alone
+    ignores NaN). Indices are below ``INDEX_OFFSET``: one min over ``idx`` for NaNs and
+    ``idx + INDEX_OFFSET`` for maximal elements finds the first NaN, else the first maximum.
+    (Built from tl.max / tl.min rather than a tuple tl.reduce, which the interpreter runs element
+    by element.)"""
     best = tl.max(v, axis=AXIS)
     if AXIS == 0:
         hit = v == best[None, :]
     else:
         hit = v == best[:, None]
-    best_idx = tl.min(tl.where(hit, idx, 2147483647), axis=AXIS)
-    return best, best_idx
+    OFFSET: tl.constexpr = 1073741824  # INDEX_OFFSET
+    key = tl.where(v != v, idx, tl.where(hit, idx + OFFSET, 2147483647))
+    k = tl.min(key, axis=AXIS)
+    has_nan = k < OFFSET
+    return tl.where(has_nan, float("nan"), best), tl.where(has_nan, k, k - OFFSET)
+
+
+@triton.jit
+def merge_argmax(b_max, b_idx, t_max, t_idx):
+    """Merge two partial (max, first index) results elementwise in the order of torch.max(dim):
+    NaN above every number, then the larger value; equal values (or two NaNs) go to the smaller
+    index. A running result starts at ``(-inf, INDEX_SENTINEL)``, which any real element
+    replaces, -inf included. (The ReLUs of the MLP kernels keep NaN the same way:
+    ``where(v < 0, 0, v)``, as torch.relu; ``tl.maximum`` would drop it.)"""
+    b_nan = b_max != b_max
+    t_nan = t_max != t_max
+    take_t = (t_max > b_max) | (t_nan & ~b_nan) | (((t_max == b_max) | (t_nan & b_nan)) & (t_idx < b_idx))
+    return tl.where(take_t, t_max, b_max), tl.where(take_t, t_idx, b_idx)

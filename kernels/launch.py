@@ -65,17 +65,55 @@ BLOCKS = {
 
 
 def blocks_for(layout: int, dtype: torch.dtype) -> Blocks:
-    """Block sizes for a layout and io dtype: fp64 (gradcheck) halves the channel tiles and gives
-    the MLP kernels 8 warps, which would otherwise spill registers on sm_80."""
+    """Block sizes for a layout and io dtype: fp64 (gradcheck) halves the channel tiles (the MLP
+    kernels' too) and gives the MLP kernels 8 warps; otherwise they spill on sm_80 (seen:
+    channel_mlp_bwd_kernel with 32-channel tiles, STACK 8, for the light channel pool)."""
     blk = BLOCKS[layout]
     if dtype == torch.float64:
-        blk = dataclasses.replace(blk, pool_c=blk.pool_c // 2, stream_c=blk.stream_c // 2, mlp_warps=8)
+        blk = dataclasses.replace(blk, pool_c=blk.pool_c // 2, stream_c=blk.stream_c // 2, mlp_c=blk.mlp_c // 2,
+                                  mlp_warps=8)
     return blk
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype: fp32 for fp16/bf16/fp32 inputs, fp64 for fp64 (gradcheck)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------- size limits
+
+# Offsets into every tensor are int64 in the kernels; what stays int32 is an index inside one
+# sample: a channel, a position (the argmax positions are stored as int32), a position block's
+# start and end (a pooling split's end can reach about 1.5 * H*W), and first_argmax's key
+# ``index + 2**30``. Hence the limit on H*W and C.
+MAX_POSITIONS = 2**29
+MAX_CHANNELS = 2**29
+GRID_X_MAX, GRID_YZ_MAX = 2**31 - 1, 65535  # CUDA's grid limits
+
+
+def stream_grid(N: int, P: int, blk: "Blocks"):
+    """Grid of the kernels with one program per (sample, block of positions): one dimension,
+    since the number of position blocks alone passes CUDA's 65535 for the second one."""
+    return (N * triton.cdiv(P, blk.stream_p),)
+
+
+def check_launchable(shape, hidden: int, blk: "Blocks") -> None:
+    """ValueError, before any launch, for a shape the kernels cannot index or launch."""
+    N, C, H, W = shape
+    P = H * W
+    if P > MAX_POSITIONS:
+        raise ValueError(f"cbam: H*W = {P} positions (shape {tuple(shape)}) exceeds the kernels' limit of 2**29")
+    if C > MAX_CHANNELS:
+        raise ValueError(f"cbam: {C} channels exceeds the kernels' limit of 2**29")
+    grids = {
+        "channel pooling": (N * triton.cdiv(C, blk.pool_c), 1),
+        "spatial passes": stream_grid(N, P, blk),
+        "MLP": (N,),
+        "MLP weight gradient": (triton.cdiv(hidden, blk.mlp_h), triton.cdiv(C, blk.mlp_c)),
+    }
+    for name, grid in grids.items():
+        if grid[0] > GRID_X_MAX or any(d > GRID_YZ_MAX for d in grid[1:]):
+            raise ValueError(f"cbam: input of shape {tuple(shape)} is too large: the {name} grid {grid} exceeds CUDA's limits")
 
 
 # ----------------------------------------------------------------------------- allocation
@@ -130,6 +168,12 @@ def prepare_input(x: torch.Tensor):
     return x, layout, strides
 
 
+def _served_blocks(x: torch.Tensor) -> Blocks:
+    """The block sizes x will be served with (a copied input becomes NCHW), without copying it."""
+    layout, _ = layout_of(x)
+    return blocks_for(layout if layout in BLOCKS else LAYOUT_PCONTIG, x.dtype)
+
+
 def _memory_format(layout: int):
     return torch.channels_last if layout == LAYOUT_CCONTIG else torch.contiguous_format
 
@@ -181,6 +225,7 @@ def cbam_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spat
     (the conv and a training-mode BatchNorm, in PyTorch ops) used instead of the in-kernel conv.
     Returns (y in x's memory format and dtype, Saved).
     """
+    check_launchable(x.shape, w1.shape[0], _served_blocks(x))  # before any copy or launch
     x, layout, (s_n, s_c, s_p) = prepare_input(x)
     N, C, H, W = x.shape
     P = H * W
@@ -213,10 +258,9 @@ def cbam_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spat
         BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, num_warps=blk.mlp_warps,
     )
 
-    n_pb = triton.cdiv(P, blk.stream_p)
     smap = _empty((N, 2, P), acc, dev)
     sidx = _empty((N, P), torch.int32, dev)
-    spatial_pool_kernel[(N, n_pb)](
+    spatial_pool_kernel[stream_grid(N, P, blk)](
         x, cg, smap, sidx, C, P, s_n, s_c, s_p,
         LAYOUT=layout, BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, num_warps=blk.warps,
     )
@@ -227,7 +271,7 @@ def cbam_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spat
     y = _empty(x.shape, x.dtype, dev, _memory_format(layout))
     _, (y_n, y_c, y_p) = layout_of(y)
     z = _empty((N, P), acc, dev)
-    spatial_gate_kernel[(N, n_pb)](
+    spatial_gate_kernel[stream_grid(N, P, blk)](
         x, y, cg, smap if pre_act is None else pre_act, wc, bc if bc is not None else wc, z, C, P, H, W,
         s_n, s_c, s_p, y_n, y_c, y_p,
         LAYOUT=layout, KSIZE=K if pre_act is None else 1, HAS_CONV_BIAS=pre_act is None and bc is not None,
@@ -250,6 +294,7 @@ def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     and memory format, parameter gradients in the acc dtype (dwc flat ``[2*K*K]``, dbc ``[1]``),
     dz the ``[N, P]`` gradient of the spatial gate's pre-activation.
     """
+    check_launchable(x.shape, w1.shape[0], _served_blocks(x))
     x, layout, (s_xn, s_xc, s_xp) = prepare_input(x)
     dy_layout, dy_strides = layout_of(dy)
     if dy_layout is None:
@@ -263,7 +308,7 @@ def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     dev, acc = x.device, acc_dtype(x.dtype)
     blk = blocks_for(layout, x.dtype)
     n_pb = triton.cdiv(P, blk.stream_p)
-    grid = (N, n_pb)
+    grid = stream_grid(N, P, blk)
     stream = dict(BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, num_warps=blk.warps)
 
     # pass 1: dz, first half of dL/dcg, channel-pool partials (one split per position block)

@@ -12,14 +12,16 @@ Shapes (N batch, C channels, P = H*W positions, K the odd conv size, NPB = cdiv(
 * ``wc``: ``[2 * K * K]`` conv weight (``[max-taps, mean-taps]``), ``bc``: ``[1]`` conv bias.
 
 Every kernel here runs one program per (sample, block of BLOCK_P positions) and loops over the
-channels, so each full-size tensor is streamed once per kernel. The k x k conv reads only the
-``[N, 2, P]`` map (or ``[N, P]`` dz in the backward), which stays in L1/L2.
+channels, so each full-size tensor is streamed once per kernel. The grid is one-dimensional,
+``N * NPB`` programs, a sample's blocks consecutive: CUDA caps a grid's second dimension at
+65535, which NPB passes from H*W = 2**21 (channels_last, 32-position blocks). The k x k conv
+reads only the ``[N, 2, P]`` map (or ``[N, P]`` dz in the backward), which stays in L1/L2.
 """
 
 import triton
 import triton.language as tl
 
-from .common import first_argmax, sigmoid, tile_offsets
+from .common import first_argmax, merge_argmax, sigmoid, tile_offsets
 
 
 @triton.jit
@@ -30,10 +32,13 @@ def spatial_pool_kernel(
     LAYOUT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """smap[n, 0, p] = max_c x*cg, smap[n, 1, p] = mean_c x*cg (x*cg never stored), sidx[n, p] the
-    first channel reaching the max. Grid (N, NPB)."""
+    first channel reaching the max (a NaN wins, as in torch.max). Grid (N * NPB,)."""
     acc_ty = SMAP.dtype.element_ty
-    n = tl.program_id(0).to(tl.int64)
-    o_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n_pb = tl.cdiv(P, BLOCK_P)
+    pid = tl.program_id(0)
+    n = (pid // n_pb).to(tl.int64)
+    pb = pid % n_pb
+    o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     b_sum = tl.zeros([BLOCK_P], dtype=acc_ty)
     b_max = tl.full([BLOCK_P], float("-inf"), dtype=acc_ty)
@@ -47,9 +52,7 @@ def spatial_pool_kernel(
         v = v * cg[:, None]
         b_sum += tl.sum(v, axis=0)
         t_max, t_idx = first_argmax(tl.where(m, v, float("-inf")), o_c[:, None], 0)
-        better = t_max > b_max
-        b_idx = tl.where(better, t_idx, b_idx)
-        b_max = tl.where(better, t_max, b_max)
+        b_max, b_idx = merge_argmax(b_max, b_idx, t_max, t_idx)
     tl.store(SMAP + (n * 2) * P + o_p, b_max, mask=m_p)
     tl.store(SMAP + (n * 2 + 1) * P + o_p, b_sum / C, mask=m_p)
     tl.store(SIDX + n * P + o_p, b_idx, mask=m_p)
@@ -102,14 +105,17 @@ def spatial_gate_kernel(
     LAYOUT: tl.constexpr, KSIZE: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, PRE_ACT: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """z = conv(smap) + bc, stored; y = x * cg * sigmoid(z). Grid (N, NPB).
+    """z = conv(smap) + bc, stored; y = x * cg * sigmoid(z). Grid (N * NPB,).
 
     With PRE_ACT, ``SMAP`` is instead the ``[N, P]`` pre-activation (conv and training-mode
     BatchNorm already applied by the caller): ``sg = sigmoid(SMAP)``; WC, BC, KSIZE unused.
     """
     acc_ty = SMAP.dtype.element_ty
-    n = tl.program_id(0).to(tl.int64)
-    o_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n_pb = tl.cdiv(P, BLOCK_P)
+    pid = tl.program_id(0)
+    n = (pid // n_pb).to(tl.int64)
+    pb = pid % n_pb
+    o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     if PRE_ACT:
         z = tl.load(SMAP + n * P + o_p, mask=m_p, other=0.0)
@@ -137,7 +143,7 @@ def bwd_reduce_kernel(
     s_xn, s_xc, s_xp, s_gn, s_gc, s_gp,
     X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """Backward pass 1 (reads x and dy). Grid (N, NPB); per program:
+    """Backward pass 1 (reads x and dy). Grid (N * NPB,); per program:
 
     * ``dz[n, p] = sg (1 - sg) sum_c dy * x * cg`` (dL/dz);
     * ``pdcg[n, pb, c] = sum_{p in block} dy * x * sg`` (first term of dL/dcg);
@@ -145,9 +151,10 @@ def bwd_reduce_kernel(
       being saved by the forward, so nothing of size N*C besides the gate is kept.
     """
     acc_ty = Z.dtype.element_ty
-    n = tl.program_id(0).to(tl.int64)
-    pb = tl.program_id(1)
-    n_pb = tl.num_programs(1)
+    n_pb = tl.cdiv(P, BLOCK_P)
+    pid = tl.program_id(0)
+    n = (pid // n_pb).to(tl.int64)
+    pb = pid % n_pb
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     z = tl.load(Z + n * P + o_p, mask=m_p, other=0.0)
@@ -178,7 +185,7 @@ def bwd_spatial_kernel(
     s_xn, s_xc, s_xp,
     X_LAYOUT: tl.constexpr, KSIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """Backward pass 2 (reads x). Grid (N, NPB); per program:
+    """Backward pass 2 (reads x). Grid (N * NPB,); per program:
 
     * ``ds[n, 0, p]`` = dL/d max-map, ``ds[n, 1, p]`` = dL/d mean-map / C (transpose conv of dz);
     * ``pdw[n * NPB + pb, :]``: this block's share of the conv weight gradient
@@ -188,9 +195,10 @@ def bwd_spatial_kernel(
     """
     acc_ty = SMAP.dtype.element_ty
     KK: tl.constexpr = KSIZE * KSIZE
-    n = tl.program_id(0).to(tl.int64)
-    pb = tl.program_id(1)
-    n_pb = tl.num_programs(1)
+    n_pb = tl.cdiv(P, BLOCK_P)
+    pid = tl.program_id(0)
+    n = (pid // n_pb).to(tl.int64)
+    pb = pid % n_pb
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     dz = tl.load(DZ + n * P + o_p, mask=m_p, other=0.0)
@@ -228,14 +236,17 @@ def bwd_dx_kernel(
     s_xn, s_xc, s_xp, s_gn, s_gc, s_gp, s_dn, s_dc, s_dp,
     X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """Backward pass 3 (reads x and dy, writes dx). Grid (N, NPB).
+    """Backward pass 3 (reads x and dy, writes dx). Grid (N * NPB,).
 
     ``dx = (dy sg + ds_mean/C + [c == sidx] ds_max) cg + davg/P + [p == argmax_p] dmax``.
     dx is allocated in x's memory format, so it shares ``X_LAYOUT``.
     """
     acc_ty = Z.dtype.element_ty
-    n = tl.program_id(0).to(tl.int64)
-    o_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n_pb = tl.cdiv(P, BLOCK_P)
+    pid = tl.program_id(0)
+    n = (pid // n_pb).to(tl.int64)
+    pb = pid % n_pb
+    o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     sg = sigmoid(tl.load(Z + n * P + o_p, mask=m_p, other=0.0))
     ds_max = tl.load(DS + (n * 2) * P + o_p, mask=m_p, other=0.0)

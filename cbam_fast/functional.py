@@ -54,9 +54,15 @@ def kernels_interpreted() -> bool:
 # ----------------------------------------------------------------------------- checks
 
 
+def _check_dense(name, t):
+    if t.layout != torch.strided:
+        raise TypeError(f"cbam: {name} must be a dense (strided) tensor, got layout {t.layout}")
+
+
 def _check_param(name, p, shape, x):
     if not isinstance(p, torch.Tensor):
         raise TypeError(f"cbam: {name} must be a torch.Tensor, got {type(p).__name__}")
+    _check_dense(name, p)
     if not p.dtype.is_floating_point or p.dtype not in FLOAT_DTYPES:
         raise TypeError(f"cbam: {name} must be float16, bfloat16, float32 or float64, got {p.dtype}")
     if p.device != x.device:
@@ -82,6 +88,7 @@ def check_inputs(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, con
     """Every bad input raises a TypeError/ValueError naming the problem, before any kernel runs."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"cbam: input must be a torch.Tensor, got {type(x).__name__}")
+    _check_dense("input", x)
     if x.dim() != 4:
         raise ValueError(f"cbam: input must be 4-D [N, C, H, W], got {x.dim()}-D shape {tuple(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
@@ -125,6 +132,9 @@ def check_inputs(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, con
         for name, t in (("bn.weight", bn.weight), ("bn.bias", bn.bias), ("bn.running_mean", bn.running_mean)):
             if t is not None and t.device != x.device:
                 raise ValueError(f"cbam: {name} is on {t.device} but the input is on {x.device}; move both to one device")
+        if _bn_uses_batch_stats(bn) and n * h * w == 1:  # nn.BatchNorm2d's own rule, checked before any launch
+            raise ValueError(f"cbam: training-mode BatchNorm needs more than 1 value per channel, got N*H*W = 1 "
+                             f"(input shape {tuple(x.shape)})")
 
 
 # ----------------------------------------------------------------------------- parameter mapping
@@ -134,7 +144,7 @@ def _bn_uses_batch_stats(bn) -> bool:
     return bn.training or bn.running_mean is None
 
 
-def _kernel_conv(conv_weight, conv_bias, spatial_pool, bn):
+def _kernel_conv(conv_weight, conv_bias, spatial_pool, bn, x_dtype):
     """Map the caller's spatial conv (+ eval BatchNorm) onto the kernels' [max, mean] conv.
     Differentiable PyTorch ops on k x k tensors; the identity for the official layout."""
     wc = conv_weight
@@ -144,8 +154,10 @@ def _kernel_conv(conv_weight, conv_bias, spatial_pool, bn):
         wc = torch.cat([wc, wc], dim=1) * 0.5
     bc = conv_bias
     if bn is not None and not _bn_uses_batch_stats(bn):
-        wc = wc.float()  # fold in fp32 (the kernels compute in fp32 anyway), also for a bf16 model
-        bc = None if bc is None else bc.float()
+        # fold in the kernels' accumulation dtype (fp32, fp64 for an fp64 input), also for a bf16 model
+        acc = acc_dtype(x_dtype)
+        wc = wc.to(acc)
+        bc = None if bc is None else bc.to(acc)
         scale = torch.rsqrt(bn.running_var.to(wc.dtype) + bn.eps)
         if bn.weight is not None:
             scale = scale * bn.weight.to(wc.dtype)
@@ -193,13 +205,14 @@ def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias=N
             "TRITON_INTERPRET=1 before importing cbam_fast, or use CBAM_FAST_BACKEND=auto"
         )
     N, C, H, W = x.shape
-    if N == 0:  # an empty batch: an empty output that stays connected to the graph
-        y = x * 0
+    if N == 0:  # an empty batch: nothing to launch; the reference gives the empty output and
+        # (zero) gradients for every parameter, in the graph like any other call
+        y, cg, sg = reference.cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias,
+                                   channel_pool=channel_pool, spatial_pool=spatial_pool, bn=bn, return_gates=True)
         acc = acc_dtype(x.dtype)
-        gates = (x.new_empty((0, C), dtype=acc), x.new_empty((0, 1, H, W), dtype=acc))
-        return (y, *gates) if return_gates else y
+        return (y, cg.detach().to(acc), sg.detach().to(acc)) if return_gates else y
 
-    wc, bc = _kernel_conv(conv_weight, conv_bias, spatial_pool, bn)
+    wc, bc = _kernel_conv(conv_weight, conv_bias, spatial_pool, bn, x.dtype)
     bn_batch = bn is not None and _bn_uses_batch_stats(bn)
     bn_args = (bn.weight, bn.bias, True, float(bn.eps)) if bn_batch else (None, None, False, 0.0)
     y, a, z, _, _, _, stats = torch.ops.cbam_fast.forward(

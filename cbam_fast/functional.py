@@ -8,9 +8,9 @@ The kernels know one spatial conv: 2 -> 1 channels over ``[max, mean]``, plus a 
 spatial form maps onto it with differentiable PyTorch ops on the k x k weight (tiny), so autograd
 carries the gradient back to the caller's parameters: the ``[mean, max]`` order is a flip, the
 light single-channel pool ``conv(mean / 2 + max / 2, w)`` is ``conv([max, mean], [w / 2, w / 2])``,
-and an eval-mode BatchNorm folds into the weight and bias. A training-mode BatchNorm needs the
-batch statistics of the conv output, so the forward op computes that [N, 1, H, W] map with PyTorch
-ops between the pooling and gating kernels (:class:`cbam_fast.ops._BatchNormTrain`).
+and the BatchNorm goes to the op (:mod:`cbam_fast.ops`): in eval mode it is folded into the conv
+weight and bias there; in training mode it needs the batch statistics of the conv output, so the
+forward op computes that [N, 1, H, W] map with PyTorch ops between the pooling and gating kernels.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 import torch
 
 from . import reference
-from . import ops  # noqa: F401  (registers torch.ops.cbam_fast.*)
+from . import ops  # registers torch.ops.cbam_fast.*
 from .kernels import KERNEL_SIZES, POOL_AVG, POOL_AVG_MAX, POOL_LIGHT, acc_dtype
 from .kernels.channel import channel_pool_kernel
 
@@ -144,30 +144,15 @@ def _bn_uses_batch_stats(bn) -> bool:
     return bn.training or bn.running_mean is None
 
 
-def _kernel_conv(conv_weight, conv_bias, spatial_pool, bn, x_dtype):
-    """Map the caller's spatial conv (+ eval BatchNorm) onto the kernels' [max, mean] conv.
-    Differentiable PyTorch ops on k x k tensors; the identity for the official layout."""
+def _kernel_conv(conv_weight, conv_bias, spatial_pool):
+    """Map the caller's spatial conv onto the kernels' [max, mean] conv. Differentiable PyTorch
+    ops on k x k tensors; the identity for the official layout."""
     wc = conv_weight
     if spatial_pool == "mean_max":
         wc = wc.flip(1)
     elif spatial_pool == "light":
         wc = torch.cat([wc, wc], dim=1) * 0.5
-    bc = conv_bias
-    if bn is not None and not _bn_uses_batch_stats(bn):
-        # fold in the kernels' accumulation dtype (fp32, fp64 for an fp64 input), also for a bf16 model
-        acc = acc_dtype(x_dtype)
-        wc = wc.to(acc)
-        bc = None if bc is None else bc.to(acc)
-        scale = torch.rsqrt(bn.running_var.to(wc.dtype) + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight.to(wc.dtype)
-        shift = -bn.running_mean.to(wc.dtype) * scale
-        if bc is not None:
-            shift = shift + bc * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.to(wc.dtype)
-        wc, bc = wc * scale, shift
-    return wc, bc
+    return wc, conv_bias
 
 
 def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias=None, *,
@@ -212,9 +197,14 @@ def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias=N
         acc = acc_dtype(x.dtype)
         return (y, cg.detach().to(acc), sg.detach().to(acc)) if return_gates else y
 
-    wc, bc = _kernel_conv(conv_weight, conv_bias, spatial_pool, bn, x.dtype)
+    wc, bc = _kernel_conv(conv_weight, conv_bias, spatial_pool)
     bn_batch = bn is not None and _bn_uses_batch_stats(bn)
-    bn_args = (bn.weight, bn.bias, True, float(bn.eps)) if bn_batch else (None, None, False, 0.0)
+    if bn is None:
+        bn_args = (None, None, None, None, ops.BN_NONE, 0.0)
+    elif bn_batch:
+        bn_args = (bn.weight, bn.bias, None, None, ops.BN_BATCH, float(bn.eps))
+    else:
+        bn_args = (bn.weight, bn.bias, bn.running_mean, bn.running_var, ops.BN_RUNNING, float(bn.eps))
     y, a, z, _, _, _, stats = torch.ops.cbam_fast.forward(
         x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, wc, bc, *bn_args,
         CHANNEL_POOLS[channel_pool], fc2_weight is not None,

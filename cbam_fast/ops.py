@@ -10,8 +10,14 @@ The ops take the parameters already mapped to the kernels' layout (see
 
 Forward outputs: ``y`` (x's dtype and memory format), then the small tensors the backward needs:
 ``a`` [N, C] and ``z`` [N, P] (the gates' pre-activations), ``smap`` [N, 2, P], ``sidx`` [N, P]
-int32, and for training-mode BatchNorm ``zhat`` [N, P] (the normalised conv output) and
-``stats`` [3] = (invstd, batch mean, unbiased batch variance) (both empty otherwise). The ops are
+int32, then for a spatial BatchNorm ``stats`` [3] = (invstd, mean, variance) and, with batch
+statistics, ``zhat`` [N, P] (the normalised conv output) (empty otherwise). ``bn_mode``:
+``BN_NONE``; ``BN_BATCH`` (training mode: batch statistics over N, H, W of the conv output, computed
+between the kernels on the small [N, 1, H, W] map; ``stats`` holds the unbiased batch variance);
+``BN_RUNNING`` (eval mode: the running statistics ``bn_mean``/``bn_var`` folded into the conv inside
+the op, no extra pass; the backward gives the BatchNorm's parameters PyTorch's own gradient
+``sum(du * zhat)``, recomputing ``zhat`` from the small map, where the fold's chain rule would
+cancel across the conv taps). The ops are
 functional: the caller updates a BatchNorm's running statistics from ``stats``
 (:func:`update_running_stats`), which keeps the forward op differentiable by ``register_autograd``.
 """
@@ -19,6 +25,7 @@ functional: the caller updates a BatchNorm's running statistics from ``stats``
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Optional
 
 import torch
@@ -61,6 +68,9 @@ def output_format(x: Tensor):
     return _memory_format(layout) if layout is not None else torch.contiguous_format
 
 
+BN_NONE, BN_BATCH, BN_RUNNING = 0, 1, 2
+
+
 class _BatchNormTrain:
     """Training-mode BatchNorm2d(1) of the spatial conv output with batch statistics over
     N, H, W, as nn.BatchNorm2d computes it, on the small [N, 1, H, W] map."""
@@ -98,13 +108,36 @@ def update_running_stats(running_mean, running_var, num_batches_tracked, stats, 
         running_var.copy_((running_var * (1 - factor) + factor * stats[2]).to(running_var.dtype))
 
 
-def _bn_backward(du, zhat, invstd, weight):
-    """dL/d BN output -> (dL/d conv output, dL/d weight, dL/d bias) for training-mode BN."""
+def _running_stats(mean, var, eps, acc):
+    """stats [3] = (invstd, mean, var) of an eval-mode BatchNorm, in the acc dtype."""
+    mean, var = mean.detach().to(acc).reshape(()), var.detach().to(acc).reshape(())
+    return torch.stack([torch.rsqrt(var + eps), mean, var])
+
+
+def _fold_running_bn(wc, bc, weight, bias, stats):
+    """The conv weight and bias with an eval-mode BatchNorm folded in (acc dtype, stats' dtype):
+    ``scale = invstd * gamma``, ``wc' = wc * scale``, ``bc' = (bc - mean) * scale + beta``.
+    Returns (wc', bc' [1], scale)."""
+    acc = stats.dtype
+    invstd, mean = stats[0], stats[1]
+    scale = invstd if weight is None else invstd * weight.detach().to(acc).reshape(())
+    shift = -mean * scale
+    if bc is not None:
+        shift = shift + bc.detach().to(acc).reshape(()) * scale
+    if bias is not None:
+        shift = shift + bias.detach().to(acc).reshape(())
+    return wc.detach().to(acc) * scale, shift.reshape(1), scale
+
+
+def _bn_backward(du, zhat, invstd, weight, batch_stats):
+    """dL/d BN output -> (dL/d conv output, dL/d weight, dL/d bias); with batch statistics the
+    gradient also flows through the batch mean and variance."""
     gamma = 1.0 if weight is None else weight.detach().to(du.dtype)
     dweight = (du * zhat).sum().reshape(1)
     dbias = du.sum().reshape(1)
-    dz = gamma * invstd * (du - du.mean() - zhat * (du * zhat).mean())
-    return dz, dweight, dbias
+    if batch_stats:
+        du = du - du.mean() - zhat * (du * zhat).mean()
+    return gamma * invstd * du, dweight, dbias
 
 
 # ----------------------------------------------------------------------------- forward op
@@ -114,29 +147,34 @@ def _bn_backward(du, zhat, invstd, weight):
 def forward_op(
     x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Optional[Tensor], b2: Optional[Tensor],
     wc: Tensor, bc: Optional[Tensor], bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
-    bn_train: bool, bn_eps: float, pool: int, two_layer: bool,
+    bn_mean: Optional[Tensor], bn_var: Optional[Tensor], bn_mode: int, bn_eps: float, pool: int, two_layer: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    acc = acc_dtype(x.dtype)
+    N, _, H, W = x.shape
+    zhat, stats = x.new_empty(0, dtype=acc), x.new_empty(0, dtype=acc)  # distinct: outputs must not alias
+    bn = None
+    if bn_mode == BN_RUNNING:
+        stats = _running_stats(bn_mean, bn_var, bn_eps, acc)
+        wc, bc, _ = _fold_running_bn(wc, bc, bn_weight, bn_bias, stats)
+    elif bn_mode == BN_BATCH:
+        bn = _BatchNormTrain(wc, bc, bn_weight, bn_bias, bn_eps)
     params = kernel_params(x, w1, b1, w2, b2, wc, bc)
-    bn = _BatchNormTrain(wc, bc, bn_weight, bn_bias, bn_eps) if bn_train else None
     with _device_guard(x), _no_autocast(x):
         y, saved = cbam_forward(x, *params, mlp=ChannelMLP(pool, two_layer), spatial_preact=None if bn is None else bn.preact)
-    N, _, H, W = x.shape
-    if bn is None:
-        zhat, stats = saved.z.new_empty(0), saved.z.new_empty(0)
-    else:
+    if bn is not None:
         zhat, stats = bn.zhat.reshape(N, H * W), bn.stats
     return y, saved.a, saved.z, saved.smap, saved.sidx, zhat, stats
 
 
 @forward_op.register_fake
-def _forward_fake(x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, bn_train, bn_eps, pool, two_layer):
+def _forward_fake(x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, bn_mean, bn_var, bn_mode, bn_eps, pool, two_layer):
     N, C, H, W = x.shape
     P = H * W
     acc = acc_dtype(x.dtype)
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_format(x))
     small = dict(dtype=acc, device=x.device)
-    zhat = x.new_empty((N, P) if bn_train else (0,), dtype=acc)
-    stats = x.new_empty((3,) if bn_train else (0,), dtype=acc)
+    zhat = x.new_empty((N, P) if bn_mode == BN_BATCH else (0,), dtype=acc)
+    stats = x.new_empty((3,) if bn_mode != BN_NONE else (0,), dtype=acc)
     return (y, torch.empty((N, C), **small), torch.empty((N, P), **small), torch.empty((N, 2, P), **small),
             torch.empty((N, P), dtype=torch.int32, device=x.device), zhat, stats)
 
@@ -147,31 +185,47 @@ def _forward_fake(x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, bn_train, bn_ep
 @torch.library.custom_op("cbam_fast::backward", mutates_args=())
 def backward_op(
     dy: Tensor, x: Tensor, a: Tensor, z: Tensor, smap: Tensor, sidx: Tensor, zhat: Tensor, stats: Tensor,
-    w1: Tensor, b1: Optional[Tensor], w2: Optional[Tensor], b2: Optional[Tensor], wc: Tensor,
-    bn_weight: Optional[Tensor], pool: int, two_layer: bool, need_x: bool, need_mlp: bool, need_conv: bool,
+    w1: Tensor, b1: Optional[Tensor], w2: Optional[Tensor], b2: Optional[Tensor], wc: Tensor, bc: Optional[Tensor],
+    bn_weight: Optional[Tensor], bn_mode: int, pool: int, two_layer: bool,
+    need_x: bool, need_mlp: bool, need_conv: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients for x, w1, b1, w2, b2, wc (kernel layout), bc, bn weight, bn bias; an empty
     tensor stands for a gradient that was not asked for (or a parameter that is absent)."""
-    kw1, kb1, kw2, _, kwc, _ = kernel_params(x, w1, b1, w2, b2, wc, None)
+    kwc, scale = wc, None
+    if bn_mode == BN_RUNNING:  # the kernels ran the folded conv: run their backward through it
+        kwc, _, scale = _fold_running_bn(wc, bc, bn_weight, None, stats)
+    kw1, kb1, kw2, _, kwc, _ = kernel_params(x, w1, b1, w2, b2, kwc, None)
     bn_grads = []
     dz_hook = None
-    if zhat.numel():
+    if bn_mode == BN_BATCH:
         def dz_hook(du):
-            dz, dweight, dbias = _bn_backward(du, zhat.view_as(du), stats[0], bn_weight)
+            dz, dweight, dbias = _bn_backward(du, zhat.view_as(du), stats[0], bn_weight, batch_stats=True)
             bn_grads.extend([dweight, dbias])
             return dz
 
     with _device_guard(x), _no_autocast(x):
-        dx, mlp_grads, conv_grads, _ = cbam_backward(
+        dx, mlp_grads, conv_grads, dz = cbam_backward(
             dy, x, Saved(a=a, z=z, smap=smap, sidx=sidx), kw1, kb1, kw2, kwc,
             need_x=need_x, need_mlp=need_mlp, need_conv=need_conv, mlp=ChannelMLP(pool, two_layer), dz_hook=dz_hook,
         )
+        if bn_mode == BN_RUNNING and need_conv:
+            # zhat recomputed on the small map as PyTorch's BatchNorm sees it, for its parameters'
+            # gradients; the conv's own gradients are the folded conv's times the scale
+            N, _, H, W = x.shape
+            acc, k = stats.dtype, math.isqrt(wc.numel() // 2)
+            zc = F.conv2d(smap.view(N, 2, H, W), wc.detach().to(acc).view(1, 2, k, k),
+                          None if bc is None else bc.detach().to(acc), padding=k // 2)
+            zhat_eval = (zc - stats[1]) * stats[0]
+            _, dweight, dbias = _bn_backward(dz.view(N, 1, H, W), zhat_eval, stats[0], bn_weight, batch_stats=False)
+            bn_grads.extend([dweight, dbias])
+            dwc_folded, dbc_folded = conv_grads
+            conv_grads = (dwc_folded * scale, dbc_folded * scale)
     dw1, db1, dw2, db2 = mlp_grads if mlp_grads is not None else (None,) * 4
     # a bias the caller did not give was zero-filled for the kernels: it gets no gradient
     db1 = db1 if b1 is not None else None
     db2 = db2 if b2 is not None else None
     dwc, dbc = conv_grads if conv_grads is not None else (None, None)
-    if dwc is not None:  # both are slices of one partial-sum row: outputs must not alias
+    if dwc is not None:  # both may be slices of one partial-sum row: outputs must not alias
         dwc, dbc = dwc.clone().view_as(wc), dbc.clone()
     dbn_w, dbn_b = bn_grads if bn_grads else (None, None)
     outs = (dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b)
@@ -179,8 +233,8 @@ def backward_op(
 
 
 @backward_op.register_fake
-def _backward_fake(dy, x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bn_weight, pool, two_layer,
-                   need_x, need_mlp, need_conv):
+def _backward_fake(dy, x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bc, bn_weight, bn_mode, pool,
+                   two_layer, need_x, need_mlp, need_conv):
     acc = a.dtype
 
     def like(p, needed):
@@ -190,7 +244,7 @@ def _backward_fake(dy, x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bn_
         return a.new_empty(n if needed else 0)
 
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_format(x)) if need_x else a.new_empty(0)
-    bn = zhat.numel() > 0
+    bn = bn_mode == BN_BATCH or (bn_mode == BN_RUNNING and need_conv)
     return (dx, like(w1, need_mlp), like(b1, need_mlp), like(w2, need_mlp), like(b2, need_mlp),
             like(wc, need_conv), sized(1, need_conv), sized(1, bn), sized(1, bn))
 
@@ -211,10 +265,10 @@ _DIFF_INPUTS = ("x", "w1", "b1", "w2", "b2", "wc", "bc", "bn_weight", "bn_bias")
 
 
 def _setup_context(ctx, inputs, output):
-    (x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, _train, _eps, pool, two_layer) = inputs
+    (x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, _mean, _var, bn_mode, _eps, pool, two_layer) = inputs
     _, a, z, smap, sidx, zhat, stats = output
     ctx.save_for_backward(x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias)
-    ctx.pool, ctx.two_layer = pool, two_layer
+    ctx.pool, ctx.two_layer, ctx.bn_mode = pool, two_layer, bn_mode
 
 
 def _backward(ctx, dy, *_aux_grads):
@@ -223,14 +277,14 @@ def _backward(ctx, dy, *_aux_grads):
     need_mlp = any(need[1:5])
     need_conv = any(need[5:9])  # the BN parameters' gradients come from the conv's backward too
     grads = torch.ops.cbam_fast.backward(
-        dy, x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bn_weight,
-        ctx.pool, ctx.two_layer, need[0], need_mlp, need_conv,
+        dy, x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bc, bn_weight,
+        ctx.bn_mode, ctx.pool, ctx.two_layer, need[0], need_mlp, need_conv,
     )
     params = (x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias)
     out = []
     for i, (g, p) in enumerate(zip(grads, params)):
         out.append(g.to(p.dtype) if need[i] and p is not None else None)
-    return tuple(out) + (None,) * 4
+    return tuple(out) + (None,) * 6  # bn_mean, bn_var, bn_mode, bn_eps, pool, two_layer
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)

@@ -37,7 +37,11 @@ IMPLS = {
 
 def make_original(name):
     """The original module with every parameter and BN buffer drawn at random (no zeros, no ones)."""
-    m = IMPLS[name][0]()
+    return randomize(IMPLS[name][0]())
+
+
+def randomize(m):
+    """m with every parameter and BN buffer drawn at random (no zeros, no ones)."""
     with torch.no_grad():
         for p in m.parameters():
             p.copy_(torch.randn_like(p) * (0.5 if p.dim() > 1 else 0.3))
@@ -70,8 +74,13 @@ def _bn(m):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("name", IMPLS)
 def test_from_module_matches_original(triton_backend, device, name, mode, dtype, fmt):
-    kind = IMPLS[name][1]
-    orig = make_original(name).to(device)
+    check_from_module(make_original(name), IMPLS[name][1], device, mode, dtype, fmt)
+
+
+def check_from_module(orig, kind, device, mode, dtype, fmt):
+    """from_module(orig): output, dx, every parameter gradient and the BN running statistics
+    against the original in dtype and against its fp64 copy (the three-way rule)."""
+    orig = orig.to(device)
     orig.train(mode == "train")
     hi = copy.deepcopy(orig).double()
     orig = orig.to(dtype)
@@ -97,6 +106,34 @@ def test_from_module_matches_original(triton_backend, device, name, mode, dtype,
             torch.testing.assert_close(getattr(bn_fast, buf).double(), getattr(bn_hi, buf),
                                        rtol=1e-5 if dtype == torch.float32 else 2e-2, atol=1e-6)
         assert bn_fast.num_batches_tracked.item() == bn_hi.num_batches_tracked.item() == (4 if mode == "train" else 3)
+
+
+# The real timm, where it is installed (the GPU machine's image has it). Not on the CPU machines:
+# timm imports torchvision, and PyPI's torchvision does not load beside the CPU torch wheel
+# ("operator torchvision::nms does not exist"); a matching torch+torchvision pair is a multi-GB
+# CUDA build. tests/originals/timm_cbam.py re-implements it for every machine.
+REAL_TIMM = {  # name -> (factory given timm.layers.cbam, implementation key, the matching preset)
+    "CbamModule": (lambda cbam: cbam.CbamModule(C, rd_ratio=1 / 5), "timm", lambda: cbam_fast.CBAM.timm(C, rd_ratio=1 / 5)),
+    "CbamModule-k5-bias": (lambda cbam: cbam.CbamModule(C, spatial_kernel_size=5, mlp_bias=True), "timm",
+                           lambda: cbam_fast.CBAM.timm(C, spatial_kernel_size=5, mlp_bias=True)),
+    "LightCbamModule": (lambda cbam: cbam.LightCbamModule(C, spatial_kernel_size=3), "timm_light",
+                        lambda: cbam_fast.CBAM.timm_light(C, spatial_kernel_size=3)),
+}
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name", REAL_TIMM)
+def test_from_module_matches_real_timm(triton_backend, device, name, mode, dtype, fmt):
+    """The real timm modules: recognised by convert(), same numbers as check_from_module asks of
+    the re-implementations, and their state dicts load into the presets."""
+    real = pytest.importorskip("timm.layers.cbam", reason="timm is not installed (it needs torchvision)")
+    factory, kind, preset = REAL_TIMM[name]
+    orig = randomize(factory(real))
+    assert cbam_fast.convert(nn.Sequential(copy.deepcopy(orig)))[1] == [("0", kind)]
+    preset().load_state_dict(orig.state_dict())
+    check_from_module(orig, kind, device, mode, dtype, fmt)
 
 
 @pytest.mark.parametrize("name", IMPLS)

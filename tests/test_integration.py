@@ -13,6 +13,7 @@ from torch import nn
 
 import cbam_fast
 from cbam_fast.functional import _kernel_conv
+from cbam_fast.ops import BN_BATCH, BN_NONE, BN_RUNNING
 from utils import module_gate_fn, tie_free_input
 
 HAS_CUDA = torch.cuda.is_available()
@@ -26,23 +27,31 @@ def _model(bn=False, seed=0):
 
 def _op_args(m, x, requires_grad=True):
     """Arguments of torch.ops.cbam_fast.forward for module m (kernel-layout conv weight)."""
-    wc, bc = _kernel_conv(m.conv.weight, m.conv.bias, m.spatial_pool, m.bn)
+    """Arguments of torch.ops.cbam_fast.forward for module m (kernel-layout conv weight; a
+    BatchNorm with batch statistics in training mode, folded running statistics in eval mode)."""
+    wc, bc = _kernel_conv(m.conv.weight, m.conv.bias, m.spatial_pool)
     p = [m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, wc.detach(), bc]
     p = [None if t is None else t.detach().clone().requires_grad_(requires_grad) for t in p]
-    bn_args = (None, None, False, 0.0)
-    if m.bn is not None and m.bn.training:
+    bn_args = (None, None, None, None, BN_NONE, 0.0)
+    if m.bn is not None:
+        running = (None, None, BN_BATCH) if m.bn.training else (m.bn.running_mean.clone(), m.bn.running_var.clone(), BN_RUNNING)
         bn_args = (m.bn.weight.detach().clone().requires_grad_(requires_grad),
-                   m.bn.bias.detach().clone().requires_grad_(requires_grad), True, m.bn.eps)
+                   m.bn.bias.detach().clone().requires_grad_(requires_grad), *running, m.bn.eps)
     return (x.clone().requires_grad_(requires_grad), *p, *bn_args, 0, True)
 
 
 @pytest.mark.parametrize(
-    "variant,fmt", [("bn-train", torch.contiguous_format), ("default", torch.channels_last)], ids=["bn-train-nchw", "default-channels_last"]
+    "variant,fmt", [("bn-train", torch.contiguous_format), ("bn-eval", torch.channels_last), ("default", torch.channels_last)],
+    ids=["bn-train-nchw", "bn-eval-channels_last", "default-channels_last"]
 )
 def test_opcheck(triton_backend, device, variant, fmt):
     """Schema, fake (shapes and strides, channels_last included), autograd registration and AOT
     dispatch of the forward op (which calls the backward op)."""
-    m = cbam_fast.CBAM(4, 2, 3, conv_bias=True, spatial_bn=variant == "bn-train").to(device).train()
+    m = cbam_fast.CBAM(4, 2, 3, conv_bias=True, spatial_bn=variant != "default").to(device).train(variant != "bn-eval")
+    if m.bn is not None:
+        with torch.no_grad():
+            m.bn.running_mean.fill_(0.3)
+            m.bn.running_var.fill_(0.8)
     x = tie_free_input((2, 4, 3, 4), torch.float32, module_gate_fn(m), device, fmt)
     torch.library.opcheck(torch.ops.cbam_fast.forward.default, _op_args(m, x))
 

@@ -241,16 +241,21 @@ def _poison_rows(x, along):
             row[j] = v
 
 
+def _max_pool_case(N, C, P, along, layout, device):
+    """(block sizes, x [N, C, P] with NaN/Inf/tie rows along ``along``, x in the layout's strides)."""
+    x = torch.randn(N, C, P)
+    _poison_rows(x, along=along)
+    x = x.to(device)
+    xk = x if layout == LAYOUT_PCONTIG else x.transpose(1, 2).contiguous().transpose(1, 2)
+    return launch.blocks_for(layout, torch.float32), x, xk
+
+
 @pytest.mark.filterwarnings("ignore:All-NaN slice encountered")  # the interpreter's numpy max
 @pytest.mark.parametrize("layout", [LAYOUT_PCONTIG, LAYOUT_CCONTIG], ids=["nchw", "channels_last"])
 def test_spatial_max_pool_follows_torch_max(device, layout):
     """spatial_pool_kernel (max over C of x * cg, several channel blocks): NaN wins, first index."""
     N, C, P = 2, 70, 12
-    blk = launch.blocks_for(layout, torch.float32)
-    x = torch.randn(N, C, P)
-    _poison_rows(x, along=1)
-    x = x.to(device)
-    xk = x if layout == LAYOUT_PCONTIG else x.transpose(1, 2).contiguous().transpose(1, 2)
+    blk, x, xk = _max_pool_case(N, C, P, 1, layout, device)
     smap = torch.full((N, 2, P), NAN, device=device)
     sidx = torch.full((N, P), -1, dtype=torch.int32, device=device)
     spatial_pool_kernel[launch.stream_grid(N, P, blk)](
@@ -269,11 +274,7 @@ def test_channel_max_pool_follows_torch_max(device, layout):
     """channel_pool_kernel (tiles within a split) and the fixed-order merge of the splits in the
     MLP backward kernel: NaN wins, first index, as torch.max(dim)."""
     N, C, P = 2, 9, 300
-    blk = launch.blocks_for(layout, torch.float32)
-    x = torch.randn(N, C, P)
-    _poison_rows(x, along=2)
-    x = x.to(device)
-    xk = x if layout == LAYOUT_PCONTIG else x.transpose(1, 2).contiguous().transpose(1, 2)
+    blk, x, xk = _max_pool_case(N, C, P, 2, layout, device)
     p_per_split = 2 * blk.pool_p  # several splits of several tiles, the last one partial
     S = triton_cdiv(P, p_per_split)
     dev = dict(device=device)

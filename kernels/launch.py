@@ -75,6 +75,14 @@ def blocks_for(layout: int, dtype: torch.dtype) -> Blocks:
     return blk
 
 
+def dy_block_c(blk: Blocks, layout: int, dy_layout: int) -> int:
+    """Channel tile of the backward kernels that read dy (``bwd_reduce_kernel``, ``bwd_dx_kernel``):
+    halved when dy's layout is not x's (a channels_last dy for an NCHW x, an expanded stride-0
+    dy, ...), whose tiles the compiler re-lays out in registers: with triton 3.6,
+    bwd_reduce_kernel spilled (STACK 8) on sm_80 for fp32 NCHW x and channels_last dy at 32."""
+    return blk.stream_c if dy_layout == layout else blk.stream_c // 2
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype: fp32 for fp16/bf16/fp32 inputs, fp64 for fp64 (gradcheck)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -310,6 +318,7 @@ def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     n_pb = triton.cdiv(P, blk.stream_p)
     grid = stream_grid(N, P, blk)
     stream = dict(BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, num_warps=blk.warps)
+    dy_stream = dict(stream, BLOCK_C=dy_block_c(blk, layout, dy_layout))
 
     # pass 1: dz, first half of dL/dcg, channel-pool partials (one split per position block)
     dz = _empty((N, P), acc, dev)
@@ -319,7 +328,7 @@ def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     pdcg = _empty((N, n_pb, C), acc, dev)
     bwd_reduce_kernel[grid](
         x, dy, saved.a, saved.z, dz, psum, pmax, pidx, pdcg, C, P,
-        s_xn, s_xc, s_xp, s_gn, s_gc, s_gp, X_LAYOUT=layout, DY_LAYOUT=dy_layout, **stream,
+        s_xn, s_xc, s_xp, s_gn, s_gc, s_gp, X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream,
     )
     dz_conv = dz
     if dz_hook is not None:
@@ -375,7 +384,7 @@ def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
         bwd_dx_kernel[grid](
             x, dy, dx, saved.a, saved.z, ds, saved.sidx, dpool, idxp, C, P,
             s_xn, s_xc, s_xp, s_gn, s_gc, s_gp, s_dn, s_dc, s_dp,
-            X_LAYOUT=layout, DY_LAYOUT=dy_layout, **stream,
+            X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream,
         )
     return dx, mlp_grads, conv_grads, dz
 
@@ -408,8 +417,9 @@ def specializations():
                     gate = dict(LAYOUT=layout, KSIZE=k, HAS_CONV_BIAS=has_bias, PRE_ACT=False, **stream)
                     out.append((spatial_gate_kernel, gate, dtype, w))
             for dy_layout in (LAYOUT_PCONTIG, LAYOUT_CCONTIG, LAYOUT_STRIDED):
-                out.append((bwd_reduce_kernel, dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **stream), dtype, w))
-                out.append((bwd_dx_kernel, dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **stream), dtype, w))
+                dy_stream = dict(stream, BLOCK_C=dy_block_c(blk, layout, dy_layout))
+                out.append((bwd_reduce_kernel, dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream), dtype, w))
+                out.append((bwd_dx_kernel, dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream), dtype, w))
         if acc_dtype(dtype) == dtype:  # the MLP kernels see only acc-dtype data
             mlp_cfgs = {(b.mlp_c, b.mlp_h, b.mlp_warps) for b in (blocks_for(lay, dtype) for lay in BLOCKS)}
             for block_c, block_h, warps in sorted(mlp_cfgs):

@@ -48,6 +48,12 @@ python -c "import matplotlib" 2>/dev/null || pip_install --timeout 20 --retries 
 python -c "import onnx, onnxruntime, onnxscript, hypothesis, xdist" 2>/dev/null \
   || pip_install --timeout 30 --retries 1 onnx onnxruntime onnxscript hypothesis pytest-xdist \
   || echo "cbam_fast env: optional test extras could not be installed" >&2
+# CPU machines: the GPU machine's Triton (3.6.0), installed beside the venv's own, so the compile
+# check (tests/test_compile.py) also builds every kernel with the compiler that runs them there.
+device_triton=3.6.0
+if [ "$job" = test ] && ! has_cuda && [ ! -f "$venv/triton-$device_triton/triton/__init__.py" ]; then
+  pip_install --no-deps --target "$venv/triton-$device_triton" "triton==$device_triton"
+fi
 python -c "import importlib.metadata as m; m.version('cbam_fast')" 2>/dev/null \
   || pip_install --no-deps --no-build-isolation -e .
 

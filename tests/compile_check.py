@@ -81,6 +81,9 @@ def main(argv=None):
         sys.exit("compile_check: unset TRITON_INTERPRET (the interpreter does not compile)")
     from cbam_fast.kernels.launch import specializations
 
+    import triton
+
+    print(f"compile_check: triton {triton.__version__} from {os.path.dirname(triton.__file__)}", flush=True)
     archs = args.arch or [80, 90]
     jobs = [(i, arch) for i in range(len(specializations())) for arch in archs]
     failures = 0

@@ -10,14 +10,15 @@ forward, 3 reads + 1 write (compulsory: 1 read + 1 write):
   the conv needs its neighbours' channel pools), so three grid-wide dependencies force three
   streams over x; passes 2 and 3 hit L2 when the working set fits.
 
-backward, x read 3 times, dy twice, dx written once (compulsory: 2 reads + 1 write):
+backward, x read twice, dy twice, dx written once (compulsory: 2 reads + 1 write):
   1. ``bwd_reduce_kernel``   reads x, dy -> dz = dL/d(conv out), dL/dcg partials, pool partials
   2. ``bwd_spatial_kernel``  reads x     -> transposed conv of dz, conv weight partials, rest of dL/dcg
-  3. ``bwd_dx_kernel``       reads x, dy -> writes dx
+  3. ``bwd_dx_kernel``       reads dy    -> writes dx
   dL/dcg needs sum_p x * d(mean map), and d(mean map) needs dz at the conv's neighbours, which
   needs the full channel reduction of pass 1: the second read of x cannot be folded into the
-  first without a grid-wide sync. The MLP backward and its weight gradient (``channel_mlp_*``)
-  touch only [N, C] and [HID, C] data.
+  first without a grid-wide sync. dx needs no x: ``(dy sg + d(mean map)/C + d(max map) at the
+  saved argmax) cg + the channel pools' gradients`` (the max pool's through its saved index).
+  The MLP backward and its weight gradient (``channel_mlp_*``) touch only [N, C] and [HID, C] data.
 
 Saved between forward and backward besides x: the gates' pre-activations a [N, C] and z [N, P],
 smap [N, 2, P] and sidx [N, P] (int32) -- 4 * (N*C + 4*N*P) bytes in fp32, under 5% of |x| for the ResNet-50 CBAM
@@ -382,8 +383,8 @@ def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
         dx = _empty(x.shape, x.dtype, dev, _memory_format(layout))
         _, (s_dn, s_dc, s_dp) = layout_of(dx)
         bwd_dx_kernel[grid](
-            x, dy, dx, saved.a, saved.z, ds, saved.sidx, dpool, idxp, C, P,
-            s_xn, s_xc, s_xp, s_gn, s_gc, s_gp, s_dn, s_dc, s_dp,
+            dy, dx, saved.a, saved.z, ds, saved.sidx, dpool, idxp, C, P,
+            s_gn, s_gc, s_gp, s_dn, s_dc, s_dp,
             X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream,
         )
     return dx, mlp_grads, conv_grads, dz

@@ -231,15 +231,16 @@ def bwd_spatial_kernel(
 
 @triton.jit
 def bwd_dx_kernel(
-    X, DY, DX, A, Z, DS, SIDX, DPOOL, IDXP,
+    DY, DX, A, Z, DS, SIDX, DPOOL, IDXP,
     C, P,
-    s_xn, s_xc, s_xp, s_gn, s_gc, s_gp, s_dn, s_dc, s_dp,
+    s_gn, s_gc, s_gp, s_dn, s_dc, s_dp,
     X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """Backward pass 3 (reads x and dy, writes dx). Grid (N * NPB,).
+    """Backward pass 3 (reads dy, writes dx; x itself is not needed). Grid (N * NPB,).
 
-    ``dx = (dy sg + ds_mean/C + [c == sidx] ds_max) cg + davg/P + [p == argmax_p] dmax``.
-    dx is allocated in x's memory format, so it shares ``X_LAYOUT``.
+    ``dx = (dy sg + ds_mean/C + [c == sidx] ds_max) cg + davg/P + [p == argmax_p] dmax``:
+    every term other than dy comes from small saved or pass-2 tensors. dx is allocated in x's
+    memory format, so its layout is ``X_LAYOUT``.
     """
     acc_ty = Z.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
@@ -256,7 +257,6 @@ def bwd_dx_kernel(
         o_c = c0 + tl.arange(0, BLOCK_C)
         m_c = o_c < C
         m = m_c[:, None] & m_p[None, :]
-        v = tl.load(X + tile_offsets(n, o_c, o_p, s_xn, s_xc, s_xp, X_LAYOUT), mask=m, other=0.0).to(acc_ty)
         g = tl.load(DY + tile_offsets(n, o_c, o_p, s_gn, s_gc, s_gp, DY_LAYOUT), mask=m, other=0.0).to(acc_ty)
         cg = sigmoid(tl.load(A + n * C + o_c, mask=m_c, other=0.0))
         d_avg = tl.load(DPOOL + (n * 2) * C + o_c, mask=m_c, other=0.0)

@@ -13,9 +13,13 @@ Shapes (N batch, C channels, P = H*W positions, HID hidden width, S pooling spli
 
 The MLP kernels run one program per sample and keep intermediate vectors in small global
 scratch rows (``[N, ...]``) separated by ``tl.debug_barrier()``: hidden widths range from 1 to C,
-so no register tiling fits them all, and the MLP costs O(C * HID) per sample, negligible next to
-the O(C * H * W) passes. No ``tl.dot``: K can be 1 and the interpreter and sm_80 disagree on
-tiny dots.
+so no register tiling fits them all. No ``tl.dot``: K can be 1 and the interpreter and sm_80
+disagree on tiny dots. Each program streams the weights it needs from L2 once per sample (the
+forward reads W1 and W2 once each, the backward W2 once and W1 twice: the avg and max branches
+share each weight tile, :func:`_matvec`). That is small next to the O(C * H * W) passes for the
+early stages, but not for the deepest ones: at C = 2048, HID = 128 the fp32 weights are 2 MB per
+sample against the sample's 200 kB of bf16 x at 7 x 7, read by one SM each. What that costs, and
+whether a sample-blocked or hidden-split MLP wins, needs a GPU measurement (benchmarks/NOTES.md).
 """
 
 import triton
@@ -79,17 +83,22 @@ def _reduce_pool_partials(PSUM, PMAX, PIDX, n, o_c, m_c, C, P, n_splits):
 
 
 @triton.jit
-def _matvec(M, o_r, m_r, V, n_k, s_r, s_k, BLOCK_K: tl.constexpr):
-    """``out[r] = sum_k M[r * s_r + k * s_k] * V[k]`` for the rows o_r, k < n_k (V contiguous).
+def _matvec(M, o_r, m_r, V0, V1, n_k, s_r, s_k, BLOCK_K: tl.constexpr, PAIR: tl.constexpr):
+    """``out0[r] = sum_k M[r * s_r + k * s_k] * V0[k]`` for the rows o_r, k < n_k (V0 contiguous),
+    and with PAIR the same for V1 from the same weight tiles (zeros otherwise): the avg and max
+    branches share each tile, so the weight is streamed once for both. Returns (out0, out1).
     int64 offsets: a single-layer MLP's ``[C, C]`` weight passes 2**31 elements from C = 46341."""
-    out = tl.zeros(o_r.shape, dtype=M.dtype.element_ty)
+    out0 = tl.zeros(o_r.shape, dtype=M.dtype.element_ty)
+    out1 = tl.zeros(o_r.shape, dtype=M.dtype.element_ty)
     o_r64 = o_r.to(tl.int64)
     for k0 in range(0, n_k, BLOCK_K):
         o_k = k0 + tl.arange(0, BLOCK_K)
         m_k = o_k < n_k
         w = tl.load(M + o_r64[:, None] * s_r + o_k.to(tl.int64)[None, :] * s_k, mask=m_r[:, None] & m_k[None, :], other=0.0)
-        out += tl.sum(w * tl.load(V + o_k, mask=m_k, other=0.0)[None, :], axis=1)
-    return out
+        out0 += tl.sum(w * tl.load(V0 + o_k, mask=m_k, other=0.0)[None, :], axis=1)
+        if PAIR:
+            out1 += tl.sum(w * tl.load(V1 + o_k, mask=m_k, other=0.0)[None, :], axis=1)
+    return out0, out1
 
 
 @triton.jit
@@ -128,13 +137,12 @@ def channel_mlp_fwd_kernel(
     for h0 in range(0, HID, BLOCK_H):
         o_h = h0 + tl.arange(0, BLOCK_H)
         m_h = o_h < HID
-        pre = _matvec(W1, o_h, m_h, v0_row, C, C, 1, BLOCK_C)
+        pre, pre1 = _matvec(W1, o_h, m_h, v0_row, v1_row, C, C, 1, BLOCK_C, POOL == 0)
         if HAS_BIAS:
             pre += tl.load(B1 + o_h, mask=m_h, other=0.0)
         if TWO_LAYER:
             pre = tl.where(pre < 0.0, 0.0, pre)  # ReLU keeping NaN, as torch.relu
         if POOL == 0:
-            pre1 = _matvec(W1, o_h, m_h, v1_row, C, C, 1, BLOCK_C)
             if HAS_BIAS:
                 pre1 += tl.load(B1 + o_h, mask=m_h, other=0.0)
             if TWO_LAYER:
@@ -151,7 +159,7 @@ def channel_mlp_fwd_kernel(
         for c0 in range(0, C, BLOCK_C):
             o_c = c0 + tl.arange(0, BLOCK_C)
             m_c = o_c < C
-            a = _matvec(W2, o_c, m_c, HSCR + n * HID, HID, HID, 1, BLOCK_H)
+            a, _ = _matvec(W2, o_c, m_c, HSCR + n * HID, HSCR, HID, HID, 1, BLOCK_H, False)
             if HAS_BIAS:
                 b2 = tl.load(B2 + o_c, mask=m_c, other=0.0)
                 a += b2
@@ -207,8 +215,8 @@ def channel_mlp_bwd_kernel(
         o_h = h0 + tl.arange(0, BLOCK_H)
         m_h = o_h < HID
         if TWO_LAYER:
-            d_hid = _matvec(W2, o_h, m_h, da_row, C, 1, HID, BLOCK_C)
-            pre0 = _matvec(W1, o_h, m_h, v0_row, C, C, 1, BLOCK_C)
+            d_hid, _ = _matvec(W2, o_h, m_h, da_row, da_row, C, 1, HID, BLOCK_C, False)
+            pre0, pre1 = _matvec(W1, o_h, m_h, v0_row, v1_row, C, C, 1, BLOCK_C, POOL == 0)
             if HAS_BIAS:
                 pre0 += tl.load(B1 + o_h, mask=m_h, other=0.0)
             # ReLU backward as torch's threshold_backward: the gradient passes where pre > 0 or
@@ -217,7 +225,6 @@ def channel_mlp_bwd_kernel(
             hs = tl.where(pre0 < 0.0, 0.0, pre0)
             dp1 = tl.zeros([BLOCK_H], dtype=dp0.dtype)
             if POOL == 0:
-                pre1 = _matvec(W1, o_h, m_h, v1_row, C, C, 1, BLOCK_C)
                 if HAS_BIAS:
                     pre1 += tl.load(B1 + o_h, mask=m_h, other=0.0)
                 dp1 = tl.where(pre1 <= 0.0, 0.0, d_hid)
@@ -235,10 +242,10 @@ def channel_mlp_bwd_kernel(
     for c0 in range(0, C, BLOCK_C):
         o_c = c0 + tl.arange(0, BLOCK_C)
         m_c = o_c < C
-        d_v0 = _matvec(W1, o_c, m_c, dp0_row, HID, 1, C, BLOCK_H)
+        d_v0, d_v1 = _matvec(W1, o_c, m_c, dp0_row, dp1_row, HID, 1, C, BLOCK_H, POOL == 0)
         if POOL == 0:
             d_avg = d_v0
-            d_max = _matvec(W1, o_c, m_c, dp1_row, HID, 1, C, BLOCK_H)
+            d_max = d_v1
         elif POOL == 1:
             d_avg = d_v0
             d_max = tl.zeros([BLOCK_C], dtype=d_v0.dtype)

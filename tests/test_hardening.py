@@ -727,6 +727,44 @@ def test_hot_path_allocates_nothing_full_size_but_y_and_dx(triton_backend, devic
         assert len(full) == expected, f"{name}: full-size allocations {full}"
 
 
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+def test_full_size_passes_are_those_stated(triton_backend, device, launches, fmt):
+    """The passes kernels/launch.py states: forward reads x in 3 kernels and writes y in 1;
+    backward reads x in 2 kernels and dy in 2, and writes dx in 1. Counted from the launches'
+    arguments: every argument holding a full-size tensor, identified by its storage."""
+    params = make_params(24, 4, 5, device, conv_bias=True)
+    x = tie_free_input((2, 24, 7, 6), torch.bfloat16, params, device, FORMATS[fmt]).requires_grad_()
+    pk = {n: None if p is None else _leaf(p) for n, p in params.items()}
+    dy = torch.randn(x.shape, device=device).to(torch.bfloat16).to(memory_format=FORMATS[fmt])
+    calls = launches()
+    y = run_cbam(x, pk)
+    forward = list(calls)
+    del calls[:]
+    y.backward(dy)
+    backward = list(calls)
+
+    def full_size_args(launches_):
+        """{kernel: sorted argument names holding a tensor of x's size}, and the storages seen."""
+        out, storages = {}, set()
+        for c in launches_:
+            names = sorted(k for k, v in c.args.items() if isinstance(v, torch.Tensor) and v.numel() == x.numel())
+            if names:
+                out[c.kernel] = names
+            storages |= {c.args[k].untyped_storage().data_ptr() for k in names}
+        return out, storages
+
+    fwd, fwd_storages = full_size_args(forward)
+    assert fwd == {"channel_pool_kernel": ["X"], "spatial_pool_kernel": ["X"], "spatial_gate_kernel": ["X", "Y"]}, fwd
+    assert fwd_storages == {x.untyped_storage().data_ptr(), y.untyped_storage().data_ptr()}
+    bwd, bwd_storages = full_size_args(backward)
+    assert bwd == {"bwd_reduce_kernel": ["DY", "X"], "bwd_spatial_kernel": ["X"], "bwd_dx_kernel": ["DX", "DY"]}, bwd
+    # dx: a third storage, the gradient x received (a copy of it: the launch log holds a reference,
+    # so autograd cannot take the buffer itself)
+    dx = next(c.args["DX"] for c in backward if c.kernel == "bwd_dx_kernel")
+    assert bwd_storages == {t.untyped_storage().data_ptr() for t in (x, dy, dx)} and len(bwd_storages) == 3
+    assert torch.equal(dx, x.grad)
+
+
 # ----------------------------------------------------------------------------- lean paths
 
 

@@ -1,9 +1,14 @@
 """Backward of the fused kernels against autograd through the reference."""
 
+import copy
+
 import pytest
 import torch
 
 import cbam_fast
+from cbam_fast import reference
+from cbam_fast.kernels import launch
+from cbam_fast.kernels.common import LAYOUT_STRIDED
 from utils import (
     DTYPES, FORMATS, PARAM_NAMES, assert_close_three_way, make_params, run_cbam, run_reference, tie_free_input,
 )
@@ -100,6 +105,147 @@ def test_incoming_gradient_strides(triton_backend, device, fmt, dy_kind):
         fn(xx, pp).backward(dy if dtype is None else dy.to(dtype))
         results.append({"x": xx.grad, **{n: p.grad for n, p in pp.items() if p is not None}})
     kernel, same, hi = results
+    for name in hi:
+        assert_close_three_way(f"grad {name}", kernel[name], same[name], hi[name])
+
+
+def _dy_layouts(monkeypatch):
+    """The DY_LAYOUT every launch of the two dy-reading backward kernels was given (real kernels run)."""
+    seen = []
+
+    class Spy:
+        def __init__(self, name):
+            self.name, self.kernel = name, getattr(launch, name)
+
+        def __getitem__(self, grid):
+            def go(*args, **kwargs):
+                seen.append((self.name, kwargs["DY_LAYOUT"]))
+                return self.kernel[grid](*args, **kwargs)
+            return go
+
+    for name in ("bwd_reduce_kernel", "bwd_dx_kernel"):
+        monkeypatch.setattr(launch, name, Spy(name))
+    return seen
+
+
+@pytest.mark.parametrize("dy_kind", ["channels_last-sliced-c", "nchw-sliced-w"])
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+def test_incoming_gradient_strided_layout(triton_backend, device, monkeypatch, fmt, dy_kind):
+    """dy whose channel and position strides are both not 1 (a channels_last tensor sliced along C:
+    stride_c 2 < stride_p; an NCHW tensor sliced along W: stride_p 2 < stride_c) is read in place
+    through LAYOUT_STRIDED, where the two strides must not be confused."""
+    params = make_params(24, 4, 5, device)
+    x = tie_free_input((2, 24, 9, 11), torch.float32, params, device, FORMATS[fmt])
+    N, C, H, W = x.shape
+    if dy_kind == "channels_last-sliced-c":
+        dy = torch.randn(N, 2 * C, H, W, device=device).to(memory_format=torch.channels_last)[:, ::2]
+    else:
+        dy = torch.randn(N, C, H, 2 * W, device=device)[..., ::2]
+    layout, (_, s_c, s_p) = launch.layout_of(dy)
+    assert layout == LAYOUT_STRIDED and s_c != 1 and s_p != 1 and s_c != s_p
+    seen = _dy_layouts(monkeypatch)
+    results = []
+    for fn, dtype in ((run_cbam, None), (run_reference, None), (run_reference, torch.float64)):
+        xx, pp = _leaves(x, params, dtype)
+        fn(xx, pp).backward(dy if dtype is None else dy.to(dtype))
+        results.append({"x": xx.grad, **{n: p.grad for n, p in pp.items() if p is not None}})
+    assert sorted(seen) == [("bwd_dx_kernel", LAYOUT_STRIDED), ("bwd_reduce_kernel", LAYOUT_STRIDED)], \
+        f"dy was not read through the strided layout: {seen}"
+    kernel, same, hi = results
+    assert set(kernel) == set(hi)
+    for name in hi:
+        assert_close_three_way(f"grad {name}", kernel[name], same[name], hi[name])
+
+
+DEAD_BIAS = {  # fc1 bias, fc2 bias of the MLP whose zeroed fc1 rows give pre-activations exactly 0
+    "no-mlp-bias": (False, False),
+    "fc2-bias-only": (False, True),  # the kernels get a zero-filled fc1 bias
+    "fc1-bias-zero-at-dead": (True, True),
+}
+
+
+@pytest.mark.parametrize("bias", DEAD_BIAS)
+@pytest.mark.parametrize("channel_pool", ["avg_max", "avg", "light"])
+def test_dead_relu_units(triton_backend, device, channel_pool, bias):
+    """Hidden units whose pre-activation is exactly 0 for every pooled vector (a zeroed fc1 row,
+    no fc1 bias or a zero one: a dead ReLU, in the avg and the max branch alike) get the gradient
+    torch.relu's backward gives at 0: none, so their fc1 row (and bias) gradient is exactly 0."""
+    C, r, k = 24, 4, 5
+    params = make_params(C, r, k, device)
+    fc1_bias, fc2_bias = DEAD_BIAS[bias]
+    dead = [1, 4]  # of 6 hidden units
+    with torch.no_grad():
+        params["fc1_weight"][dead] = 0.0
+        if fc1_bias:
+            params["fc1_bias"][dead] = 0.0
+    params["fc1_bias"] = params["fc1_bias"] if fc1_bias else None
+    params["fc2_bias"] = params["fc2_bias"] if fc2_bias else None
+
+    def gate(x):
+        p = {n: None if v is None else v.double() for n, v in params.items()}
+        return reference.channel_gate(x, p["fc1_weight"], p["fc1_bias"], p["fc2_weight"], p["fc2_bias"], channel_pool)
+
+    x = tie_free_input((2, C, 7, 9), torch.float32, gate, device)
+    w = torch.randn(x.shape, device=device)
+    results = []
+    for fn, dtype in ((cbam_fast.cbam, None), (reference.cbam, None), (reference.cbam, torch.float64)):
+        xx, pp = _leaves(x, params, dtype)
+        y = fn(xx, *(pp[n] for n in PARAM_NAMES), channel_pool=channel_pool)
+        (y * w.to(y.dtype)).sum().backward()
+        results.append({"x": xx.grad, **{n: p.grad for n, p in pp.items() if p is not None}})
+    kernel, same, hi = results
+    assert set(kernel) == set(hi)
+    assert torch.all(hi["fc1_weight"][dead] == 0)
+    for name in hi:
+        assert_close_three_way(f"grad {name}", kernel[name], same[name], hi[name])
+    assert torch.all(kernel["fc1_weight"][dead] == 0), "a dead ReLU unit let a gradient through"
+    if fc1_bias:
+        assert torch.all(kernel["fc1_bias"][dead] == 0), "a dead ReLU unit let a gradient through"
+
+
+# eps, running variance ("equal": eps itself; "random": U(1e-5, 3e-5)), BN weight scale: the variance
+# is at or below eps, where the fold's sqrt(var + eps) differs from sqrt(var) by 1.4x (var = eps) to
+# 6-10x (var ~ 2e-5, eps 1e-3); the small BN weight keeps the normalised conv output at a scale where
+# the spatial gate is not saturated. Dropping eps fails the fp32 cases by > 6e4x the bound.
+SMALL_VAR_BN = {
+    "var=eps=1e-5": (1e-5, "equal", 0.01),
+    "var~2e-5-eps=1e-3": (1e-3, "random", 0.03),
+}
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("case", SMALL_VAR_BN)
+def test_eval_batchnorm_small_running_variance(triton_backend, device, case, dtype):
+    """Eval-mode spatial BatchNorm (folded into the conv) with a running variance near or below
+    eps: the output and every gradient (the BatchNorm's too) depend on eps at first order."""
+    eps, var_kind, gamma = SMALL_VAR_BN[case]
+    dtype = DTYPES[dtype]
+    params = make_params(24, 4, 7, device, conv_bias=True)
+    bn = torch.nn.BatchNorm2d(1, eps=eps).to(device).eval()
+    with torch.no_grad():
+        bn.running_var.copy_(torch.full((1,), eps) if var_kind == "equal" else torch.empty(1).uniform_(1e-5, 3e-5))
+        bn.running_mean.normal_(0.0, 0.3)
+        bn.weight.copy_(gamma * (0.75 + 0.5 * torch.rand(1)))
+        bn.bias.normal_(0.0, 0.3)
+    stats = (bn.running_mean.clone(), bn.running_var.clone())
+    x = tie_free_input((2, 24, 7, 9), dtype, params, device)
+    w = torch.randn(x.shape, device=device).to(dtype)
+    results = []
+    for fn, cast in ((cbam_fast.cbam, None), (reference.cbam, None), (reference.cbam, torch.float64)):
+        xx, pp = _leaves(x, params, cast)
+        b = copy.deepcopy(bn)
+        if cast is not None:
+            b = b.to(cast)
+        b.zero_grad(set_to_none=True)
+        y = fn(xx, *(pp[n] for n in PARAM_NAMES), bn=b)
+        (y * w.to(y.dtype)).sum().backward()
+        results.append((y.detach(), {"x": xx.grad, **{n: p.grad for n, p in pp.items() if p is not None},
+                                     "bn_weight": b.weight.grad, "bn_bias": b.bias.grad}))
+        assert torch.equal(b.running_mean, stats[0].to(b.running_mean.dtype))
+        assert torch.equal(b.running_var, stats[1].to(b.running_var.dtype))
+    (y_k, kernel), (y_same, same), (y_hi, hi) = results
+    assert_close_three_way("y", y_k, y_same, y_hi)
+    assert set(kernel) == set(hi)
     for name in hi:
         assert_close_three_way(f"grad {name}", kernel[name], same[name], hi[name])
 

@@ -22,6 +22,7 @@ import torch
 from . import reference
 from . import ops  # registers torch.ops.cbam_fast.*
 from .kernels import KERNEL_SIZES, POOL_AVG, POOL_AVG_MAX, POOL_LIGHT, acc_dtype
+from .kernels import plan
 from .kernels.channel import channel_pool_kernel
 
 BACKENDS = ("auto", "triton", "torch")
@@ -184,7 +185,7 @@ def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias=N
     if chosen == "torch" or (chosen == "auto" and not x.is_cuda) or torch.onnx.is_in_onnx_export():
         return reference.cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias,
                               channel_pool=channel_pool, spatial_pool=spatial_pool, bn=bn, return_gates=return_gates)
-    if not x.is_cuda and not kernels_interpreted():
+    if not x.is_cuda and not kernels_interpreted() and not plan.dry_run():
         raise RuntimeError(
             "cbam: CBAM_FAST_BACKEND=triton on a CPU tensor needs the Triton interpreter: set "
             "TRITON_INTERPRET=1 before importing cbam_fast, or use CBAM_FAST_BACKEND=auto"

@@ -36,6 +36,7 @@ import triton
 
 from .channel import channel_mlp_bwd_kernel, channel_mlp_fwd_kernel, channel_mlp_wgrad_kernel, channel_pool_kernel
 from .common import LAYOUT_CCONTIG, LAYOUT_PCONTIG, LAYOUT_STRIDED
+from .plan import Plan, Ref, Traffic, execute, sm_count
 from .spatial import bwd_dx_kernel, bwd_reduce_kernel, bwd_spatial_kernel, spatial_gate_kernel, spatial_pool_kernel
 
 KERNEL_SIZES = (3, 5, 7)
@@ -215,16 +216,28 @@ class Saved:
 
 
 def _pool_splits(n_rows: int, P: int, block_p: int, device: torch.device) -> int:
-    """Split H*W across programs when N * C-blocks alone cannot fill the device."""
-    if device.type == "cuda":
-        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        target = 8  # interpreter: few programs, but enough to exercise the split reduction
+    """Split H*W across programs when N * C-blocks alone cannot fill the device (4 programs per SM)."""
+    target = 4 * sm_count(device)
     return max(1, min(triton.cdiv(P, block_p), triton.cdiv(target, n_rows)))
 
 
-def cbam_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spatial_preact=None):
-    """Fused CBAM forward.
+def _stream_traffic(N, C, P, es, block_c, block_p, loads, stores) -> Traffic:
+    """A (sample, position block) program looping over the channels, loading ``loads`` and
+    storing ``stores`` full-size tensors."""
+    S = N * C * P * es
+    per_program = min(block_p, P) * C * es * loads
+    return Traffic(S * (loads + stores), per_program, block_c * block_p * es * loads)
+
+
+def _mlp_traffic(N, C, HID, n_parts, weight_passes, ws, blk, partials=3) -> Traffic:
+    """A per-sample MLP program: it reduces ``n_parts`` rows of ``partials`` [C] vectors, then
+    streams the weights ``weight_passes`` times ([HID, C] each), one tile at a time."""
+    per_program = 4 * n_parts * C * partials + weight_passes * HID * C * ws
+    return Traffic(N * per_program, per_program, blk.mlp_h * blk.mlp_c * ws, "l2")
+
+
+def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spatial_preact=None) -> Plan:
+    """The fused CBAM forward as a :class:`Plan` (nothing runs until :func:`execute`).
 
     x: [N, C, H, W] fp16/bf16/fp32/fp64, NCHW or channels_last (other strides are copied).
     w1: [HID, C], b1: [HID] or None, w2: [C, HID] or None (single layer), b2: [C] or None (b1
@@ -232,7 +245,7 @@ def cbam_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spat
     parameters in the acc dtype, contiguous.
     spatial_preact: None, or a function ``smap [N, 2, H, W] -> pre-activation [N, 1, H, W]``
     (the conv and a training-mode BatchNorm, in PyTorch ops) used instead of the in-kernel conv.
-    Returns (y in x's memory format and dtype, Saved).
+    The plan's env holds ``y`` (x's memory format and dtype) and ``saved`` (:class:`Saved`).
     """
     check_launchable(x.shape, w1.shape[0], _served_blocks(x))  # before any copy or launch
     x, layout, (s_n, s_c, s_p) = prepare_input(x)
@@ -242,6 +255,9 @@ def cbam_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spat
     K = math.isqrt(wc.numel() // 2)
     dev, acc = x.device, acc_dtype(x.dtype)
     blk = blocks_for(layout, x.dtype)
+    es, ws = x.element_size(), w1.element_size()
+    S = x.numel() * es
+    plan = Plan()
 
     n_cblocks = triton.cdiv(C, blk.pool_c)
     n_splits = _pool_splits(N * n_cblocks, P, blk.pool_p, dev)
@@ -250,58 +266,71 @@ def cbam_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spat
     psum = _empty((N, n_splits, C), acc, dev)
     pmax = _empty((N, n_splits, C), acc, dev)
     pidx = _empty((N, n_splits, C), torch.int32, dev)
-    channel_pool_kernel[(N * n_cblocks, n_splits)](
-        x, psum, pmax, pidx, C, P, p_per_split, n_splits, s_n, s_c, s_p,
-        LAYOUT=layout, BLOCK_C=blk.pool_c, BLOCK_P=blk.pool_p, num_warps=blk.warps,
-    )
+    plan.launch("channel_pool", channel_pool_kernel, (N * n_cblocks, n_splits),
+                (x, psum, pmax, pidx, C, P, p_per_split, n_splits, s_n, s_c, s_p),
+                dict(LAYOUT=layout, BLOCK_C=blk.pool_c, BLOCK_P=blk.pool_p), num_warps=blk.warps, reads=("x",),
+                traffic=Traffic(S, blk.pool_c * min(p_per_split, P) * es, blk.pool_c * blk.pool_p * es))
 
     cg = _empty((N, C), acc, dev)
     a = _empty((N, C), acc, dev)
     vscr = _empty((N, 2, C), acc, dev)
     hscr = _empty((N, HID), acc, dev)
     has_bias = b1 is not None
-    channel_mlp_fwd_kernel[(N,)](
-        psum, pmax, pidx, w1, b1 if has_bias else w1, w2 if w2 is not None else w1,
-        b2 if has_bias else w1, cg, a, vscr, hscr, C, HID, P, n_splits,
-        POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias,
-        BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, num_warps=blk.mlp_warps,
-    )
+    plan.launch("channel_mlp", channel_mlp_fwd_kernel, (N,),
+                (psum, pmax, pidx, w1, b1 if has_bias else w1, w2 if w2 is not None else w1,
+                 b2 if has_bias else w1, cg, a, vscr, hscr, C, HID, P, n_splits),
+                dict(POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias, BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h),
+                num_warps=blk.mlp_warps,
+                traffic=_mlp_traffic(N, C, HID, n_splits, 1 + mlp.two_layer, ws, blk))
 
     smap = _empty((N, 2, P), acc, dev)
     sidx = _empty((N, P), torch.int32, dev)
-    spatial_pool_kernel[stream_grid(N, P, blk)](
-        x, cg, smap, sidx, C, P, s_n, s_c, s_p,
-        LAYOUT=layout, BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, num_warps=blk.warps,
-    )
+    plan.launch("spatial_pool", spatial_pool_kernel, stream_grid(N, P, blk),
+                (x, cg, smap, sidx, C, P, s_n, s_c, s_p),
+                dict(LAYOUT=layout, BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p), num_warps=blk.warps, reads=("x",),
+                traffic=_stream_traffic(N, C, P, es, blk.stream_c, blk.stream_p, loads=1, stores=0))
 
-    pre_act = None
+    gate_map = smap
     if spatial_preact is not None:
-        pre_act = spatial_preact(smap.view(N, 2, H, W)).reshape(N, P).to(acc).contiguous()
+        def preact(env):
+            env["pre_act"] = spatial_preact(smap.view(N, 2, H, W)).reshape(N, P).to(acc).contiguous()
+
+        plan.torch_step("spatial_preact", preact)
+        gate_map = Ref("pre_act")
     y = _empty(x.shape, x.dtype, dev, _memory_format(layout))
     _, (y_n, y_c, y_p) = layout_of(y)
     z = _empty((N, P), acc, dev)
-    spatial_gate_kernel[stream_grid(N, P, blk)](
-        x, y, cg, smap if pre_act is None else pre_act, wc, bc if bc is not None else wc, z, C, P, H, W,
-        s_n, s_c, s_p, y_n, y_c, y_p,
-        LAYOUT=layout, KSIZE=K if pre_act is None else 1, HAS_CONV_BIAS=pre_act is None and bc is not None,
-        PRE_ACT=pre_act is not None, BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, num_warps=blk.warps,
-    )
-    return y, Saved(a=a, z=z, smap=smap, sidx=sidx)
+    plan.launch("spatial_gate", spatial_gate_kernel, stream_grid(N, P, blk),
+                (x, y, cg, gate_map, wc, bc if bc is not None else wc, z, C, P, H, W, s_n, s_c, s_p, y_n, y_c, y_p),
+                dict(LAYOUT=layout, KSIZE=K if spatial_preact is None else 1,
+                     HAS_CONV_BIAS=spatial_preact is None and bc is not None, PRE_ACT=spatial_preact is not None,
+                     BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p),
+                num_warps=blk.warps, reads=("x",), writes=("y",),
+                traffic=_stream_traffic(N, C, P, es, blk.stream_c, blk.stream_p, loads=1, stores=1))
+    plan.env.update(y=y, saved=Saved(a=a, z=z, smap=smap, sidx=sidx))
+    return plan
+
+
+def cbam_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spatial_preact=None):
+    """Fused CBAM forward (arguments as :func:`plan_forward`). Returns (y, Saved)."""
+    env = execute(plan_forward(x, w1, b1, w2, b2, wc, bc, mlp=mlp, spatial_preact=spatial_preact))
+    return env["y"], env["saved"]
 
 
 # ----------------------------------------------------------------------------- backward
 
 
-def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: bool, need_conv: bool,
-                  mlp: ChannelMLP = ChannelMLP(), dz_hook=None):
-    """Fused CBAM backward.
+def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: bool, need_conv: bool,
+                  mlp: ChannelMLP = ChannelMLP(), dz_hook=None) -> Plan:
+    """The fused CBAM backward as a :class:`Plan`.
 
     dy: [N, C, H, W] in any strides (stride-0 expanded included); x, the parameters and ``mlp``
-    as given to :func:`cbam_forward`. dz_hook: None, or a function mapping dL/d(pre-activation)
+    as given to :func:`plan_forward`. dz_hook: None, or a function mapping dL/d(pre-activation)
     ``[N, 1, H, W]`` to dL/d(conv output) (the backward of ``spatial_preact``'s BatchNorm).
-    Returns (dx or None, (dw1, db1, dw2, db2) or None, (dwc, dbc) or None, dz): dx in x's dtype
-    and memory format, parameter gradients in the acc dtype (dwc flat ``[2*K*K]``, dbc ``[1]``),
-    dz the ``[N, P]`` gradient of the spatial gate's pre-activation.
+    The env holds ``dx`` (or None), ``mlp_grads`` ((dw1, db1, dw2, db2) or None), ``conv_grads``
+    ((dwc, dbc) or None) and ``dz``: dx in x's dtype and memory format, parameter gradients in the
+    acc dtype (dwc flat ``[2*K*K]``, dbc ``[1]``), dz the ``[N, P]`` gradient of the spatial gate's
+    pre-activation.
     """
     check_launchable(x.shape, w1.shape[0], _served_blocks(x))
     x, layout, (s_xn, s_xc, s_xp) = prepare_input(x)
@@ -316,10 +345,13 @@ def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     K = math.isqrt(wc.numel() // 2)
     dev, acc = x.device, acc_dtype(x.dtype)
     blk = blocks_for(layout, x.dtype)
+    es, ws = x.element_size(), w1.element_size()
     n_pb = triton.cdiv(P, blk.stream_p)
     grid = stream_grid(N, P, blk)
-    stream = dict(BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, num_warps=blk.warps)
+    stream = dict(BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p)
     dy_stream = dict(stream, BLOCK_C=dy_block_c(blk, layout, dy_layout))
+    plan = Plan()
+    plan.env.update(dx=None, mlp_grads=None, conv_grads=None)
 
     # pass 1: dz, first half of dL/dcg, channel-pool partials (one split per position block)
     dz = _empty((N, P), acc, dev)
@@ -327,33 +359,39 @@ def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     pmax = _empty((N, n_pb, C), acc, dev)
     pidx = _empty((N, n_pb, C), torch.int32, dev)
     pdcg = _empty((N, n_pb, C), acc, dev)
-    bwd_reduce_kernel[grid](
-        x, dy, saved.a, saved.z, dz, psum, pmax, pidx, pdcg, C, P,
-        s_xn, s_xc, s_xp, s_gn, s_gc, s_gp, X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream,
-    )
+    plan.launch("bwd_reduce", bwd_reduce_kernel, grid,
+                (x, dy, saved.a, saved.z, dz, psum, pmax, pidx, pdcg, C, P, s_xn, s_xc, s_xp, s_gn, s_gc, s_gp),
+                dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream), num_warps=blk.warps, reads=("x", "dy"),
+                traffic=_stream_traffic(N, C, P, es, dy_stream["BLOCK_C"], blk.stream_p, loads=2, stores=0))
+    plan.env["dz"] = dz
     dz_conv = dz
     if dz_hook is not None:
-        dz_conv = dz_hook(dz.view(N, 1, H, W)).reshape(N, P).to(acc).contiguous()
+        def hook(env):
+            env["dz_conv"] = dz_hook(dz.view(N, 1, H, W)).reshape(N, P).to(acc).contiguous()
+
+        plan.torch_step("dz_hook", hook)
+        dz_conv = Ref("dz_conv")
 
     # pass 2: transposed conv, conv weight partials, second half of dL/dcg
     ds = _empty((N, 2, P), acc, dev)
     pdw = _empty((N * n_pb, 2 * K * K + 1), acc, dev)
-    bwd_spatial_kernel[grid](
-        x, dz_conv, saved.smap, saved.sidx, wc, pdcg, ds, pdw, C, P, H, W,
-        s_xn, s_xc, s_xp, X_LAYOUT=layout, KSIZE=K, **stream,
-    )
-    conv_grads = None
+    plan.launch("bwd_spatial", bwd_spatial_kernel, grid,
+                (x, dz_conv, saved.smap, saved.sidx, wc, pdcg, ds, pdw, C, P, H, W, s_xn, s_xc, s_xp),
+                dict(X_LAYOUT=layout, KSIZE=K, **stream), num_warps=blk.warps, reads=("x",),
+                traffic=_stream_traffic(N, C, P, es, blk.stream_c, blk.stream_p, loads=1, stores=0))
     if need_conv:
-        # [N * NPB, 2K*K + 1] -> [2K*K + 1]: a fixed-order torch reduction (deterministic, tiny)
-        pdw_sum = pdw.sum(dim=0)
-        conv_grads = (pdw_sum[: 2 * K * K], pdw_sum[2 * K * K :])
+        def conv_grads(env):
+            # [N * NPB, 2K*K + 1] -> [2K*K + 1]: a fixed-order torch reduction (deterministic, tiny)
+            pdw_sum = pdw.sum(dim=0)
+            env["conv_grads"] = (pdw_sum[: 2 * K * K], pdw_sum[2 * K * K :])
+
+        plan.torch_step("conv_wgrad_sum", conv_grads)
 
     if not (need_x or need_mlp):
-        return None, None, conv_grads, dz
+        return plan
 
     has_bias = b1 is not None
-    opts = dict(POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias,
-                BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, num_warps=blk.mlp_warps)
+    opts = dict(POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias, BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h)
     w2_arg = w2 if w2 is not None else w1
     vscr = _empty((N, 2, C), acc, dev)
     da = _empty((N, C), acc, dev)
@@ -361,73 +399,40 @@ def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     hs = _empty((N, HID), acc, dev)
     dpool = _empty((N, 2, C), acc, dev)
     idxp = _empty((N, C), torch.int32, dev)
-    channel_mlp_bwd_kernel[(N,)](
-        psum, pmax, pidx, pdcg, saved.a, w1, b1 if has_bias else w1, w2_arg,
-        vscr, da, dpre, hs, dpool, idxp, C, HID, P, n_pb, **opts,
-    )
+    plan.launch("channel_mlp_bwd", channel_mlp_bwd_kernel, (N,),
+                (psum, pmax, pidx, pdcg, saved.a, w1, b1 if has_bias else w1, w2_arg,
+                 vscr, da, dpre, hs, dpool, idxp, C, HID, P, n_pb), opts, num_warps=blk.mlp_warps,
+                traffic=_mlp_traffic(N, C, HID, n_pb, 1 + 2 * mlp.two_layer, ws, blk, partials=4))
 
-    mlp_grads = None
     if need_mlp:
         dw1 = _empty((HID, C), acc, dev)
         db1 = _empty((HID,), acc, dev) if has_bias else None
         dw2 = _empty((C, HID), acc, dev) if mlp.two_layer else None
         db2 = _empty((C,), acc, dev) if has_bias and mlp.two_layer else None
-        channel_mlp_wgrad_kernel[(triton.cdiv(HID, blk.mlp_h), triton.cdiv(C, blk.mlp_c))](
-            vscr, da, dpre, hs, dw1, db1 if db1 is not None else dw1,
-            dw2 if dw2 is not None else dw1, db2 if db2 is not None else dw1, N, C, HID, **opts,
-        )
-        mlp_grads = (dw1, db1, dw2, db2)
+        plan.launch("channel_mlp_wgrad", channel_mlp_wgrad_kernel, (triton.cdiv(HID, blk.mlp_h), triton.cdiv(C, blk.mlp_c)),
+                    (vscr, da, dpre, hs, dw1, db1 if db1 is not None else dw1,
+                     dw2 if dw2 is not None else dw1, db2 if db2 is not None else dw1, N, C, HID),
+                    opts, num_warps=blk.mlp_warps,
+                    traffic=Traffic(4 * N * (4 * C + 3 * HID) + 4 * 2 * HID * C,
+                                    4 * N * 2 * (2 * blk.mlp_h + 2 * blk.mlp_c), 4 * 2 * (2 * blk.mlp_h + 2 * blk.mlp_c),
+                                    "l2"))
+        plan.env["mlp_grads"] = (dw1, db1, dw2, db2)
 
-    dx = None
     if need_x:
         dx = _empty(x.shape, x.dtype, dev, _memory_format(layout))
         _, (s_dn, s_dc, s_dp) = layout_of(dx)
-        bwd_dx_kernel[grid](
-            dy, dx, saved.a, saved.z, ds, saved.sidx, dpool, idxp, C, P,
-            s_gn, s_gc, s_gp, s_dn, s_dc, s_dp,
-            X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream,
-        )
-    return dx, mlp_grads, conv_grads, dz
+        plan.launch("bwd_dx", bwd_dx_kernel, grid,
+                    (dy, dx, saved.a, saved.z, ds, saved.sidx, dpool, idxp, C, P, s_gn, s_gc, s_gp, s_dn, s_dc, s_dp),
+                    dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream), num_warps=blk.warps,
+                    reads=("dy",), writes=("dx",),
+                    traffic=_stream_traffic(N, C, P, es, dy_stream["BLOCK_C"], blk.stream_p, loads=1, stores=1))
+        plan.env["dx"] = dx
+    return plan
 
 
-# ----------------------------------------------------------------------------- compile check
-
-IO_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def specializations():
-    """Every (kernel, constexprs, io dtype, num_warps) the launchers above can launch.
-
-    The compile check (tests/compile_check.py) builds each for sm_80 and sm_90. Integer scalar
-    arguments are compiled in their generic form; the JIT's value specialisations of them
-    (== 1, divisible by 16) only add alignment facts to these.
-    """
-    out = []
-    for dtype in IO_DTYPES:
-        for layout in BLOCKS:
-            blk = blocks_for(layout, dtype)
-            stream = {"BLOCK_C": blk.stream_c, "BLOCK_P": blk.stream_p}
-            w = blk.warps
-            out.append((channel_pool_kernel, dict(LAYOUT=layout, BLOCK_C=blk.pool_c, BLOCK_P=blk.pool_p), dtype, w))
-            out.append((spatial_pool_kernel, dict(LAYOUT=layout, **stream), dtype, w))
-            gate = dict(LAYOUT=layout, KSIZE=1, HAS_CONV_BIAS=False, PRE_ACT=True, **stream)
-            out.append((spatial_gate_kernel, gate, dtype, w))
-            for k in KERNEL_SIZES:
-                out.append((bwd_spatial_kernel, dict(X_LAYOUT=layout, KSIZE=k, **stream), dtype, w))
-                for has_bias in (False, True):
-                    gate = dict(LAYOUT=layout, KSIZE=k, HAS_CONV_BIAS=has_bias, PRE_ACT=False, **stream)
-                    out.append((spatial_gate_kernel, gate, dtype, w))
-            for dy_layout in (LAYOUT_PCONTIG, LAYOUT_CCONTIG, LAYOUT_STRIDED):
-                dy_stream = dict(stream, BLOCK_C=dy_block_c(blk, layout, dy_layout))
-                out.append((bwd_reduce_kernel, dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream), dtype, w))
-                out.append((bwd_dx_kernel, dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream), dtype, w))
-        if acc_dtype(dtype) == dtype:  # the MLP kernels see only acc-dtype data
-            mlp_cfgs = {(b.mlp_c, b.mlp_h, b.mlp_warps) for b in (blocks_for(lay, dtype) for lay in BLOCKS)}
-            for block_c, block_h, warps in sorted(mlp_cfgs):
-                for pool in (POOL_AVG_MAX, POOL_AVG, POOL_LIGHT):
-                    for two_layer in (True, False):
-                        for has_bias in (False, True):
-                            opts = dict(POOL=pool, TWO_LAYER=two_layer, HAS_BIAS=has_bias, BLOCK_C=block_c, BLOCK_H=block_h)
-                            for kernel in (channel_mlp_fwd_kernel, channel_mlp_bwd_kernel, channel_mlp_wgrad_kernel):
-                                out.append((kernel, opts, dtype, warps))
-    return out
+def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: bool, need_conv: bool,
+                  mlp: ChannelMLP = ChannelMLP(), dz_hook=None):
+    """Fused CBAM backward (arguments as :func:`plan_backward`).
+    Returns (dx or None, (dw1, db1, dw2, db2) or None, (dwc, dbc) or None, dz)."""
+    env = execute(plan_backward(dy, x, saved, w1, b1, w2, wc, need_x, need_mlp, need_conv, mlp=mlp, dz_hook=dz_hook))
+    return env["dx"], env["mlp_grads"], env["conv_grads"], env["dz"]

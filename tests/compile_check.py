@@ -1,96 +1,95 @@
-"""Compile every kernel specialisation for real GPUs (sm_80, sm_90) on any machine, and report
-register use and spills from cuobjdump. Run WITHOUT TRITON_INTERPRET (tests/test_compile.py
-does so in a subprocess).
+"""The launch-exact compile check: compile, for sm_80 and sm_90, exactly the kernel
+specialisations cbam_fast launches, and require that none spills. Needs no GPU.
 
-Usage: python tests/compile_check.py [--jobs N] [--arch 80 --arch 90]
-Prints one line per compiled kernel and exits 1 if any fails to compile or spills.
+The specialisations come from the calls' plans (``benchmarks/launched.py``): each call of
+:func:`benchmarks.launched.benchmark_calls` (the ResNet-50 stages at batch 32 and 1, both memory
+formats, bf16/fp16/fp32, the default call and the timm preset in train and eval mode) and of
+:func:`~benchmarks.launched.coverage_calls` (fp64, every preset, k = 3/5, strided incoming
+gradients) is dry-run; every recorded launch is specialised by Triton's own binder from its
+real arguments (signature, integers equal to 1 as constexprs, divisibility by 16 of integers
+and pointers) for each architecture, deduplicated, compiled with ``triton.compile`` and read
+with ``cuobjdump`` (registers, STACK/LOCAL spills). Run WITHOUT TRITON_INTERPRET
+(tests/test_compile.py runs it in a subprocess, once per Triton version).
+
+Usage: python tests/compile_check.py [--jobs N] [--arch 80 --arch 90] [--quick]
+Prints one line per compiled specialisation and exits 1 if any fails to compile or spills.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
-INT_ARGS = {"C", "P", "H", "W", "N", "HID", "p_per_split", "n_splits"}
-IO_PTRS = {"X", "Y", "DY", "DX"}
-IDX_PTRS = {"PIDX", "SIDX", "IDXP"}
-TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/
 
+import warnings  # noqa: E402
 
-def _signature(kernel, constexprs, io_dtype, acc):
-    sig = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name in INT_ARGS or name.startswith("s_"):
-            sig[name] = "i32"
-        elif name in IO_PTRS:
-            sig[name] = "*" + TRITON_TYPES[io_dtype]
-        elif name in IDX_PTRS:
-            sig[name] = "*i32"
-        else:
-            sig[name] = "*" + TRITON_TYPES[acc]
-    return sig
+warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
 
 
-def _cuobjdump():
-    import triton
+def _specs_of(job):
+    """(call id, [(arch, Spec)]) for one call."""
+    call, archs = job
+    from benchmarks import launched
 
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    cap = launched.capture(call, count_aten=False)
+    return call.id, [(arch, launched.specialize(r, arch)) for r in cap.records for arch in archs]
 
 
-def compile_one(job):
-    index, arch = job
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+def _compile(job):
+    arch, spec = job
+    from benchmarks import launched
 
-    from cbam_fast.kernels.launch import acc_dtype, specializations
-
-    kernel, constexprs, dtype, num_warps = specializations()[index]
-    io = str(dtype).removeprefix("torch.")
-    acc = str(acc_dtype(dtype)).removeprefix("torch.")
-    name = f"{kernel.fn.__name__}[{io}, {', '.join(f'{k}={v}' for k, v in constexprs.items())}, warps={num_warps}] sm_{arch}"
+    name = f"{spec.describe()} sm_{arch}"
     try:
-        src = ASTSource(fn=kernel, signature=_signature(kernel, constexprs, io, acc), constexprs=constexprs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-            f.write(compiled.asm["cubin"])
-            f.flush()
-            usage = subprocess.run([_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
-        reg = int(re.search(r"REG:(\d+)", usage).group(1))
-        stack = int(re.search(r"STACK:(\d+)", usage).group(1))
-        local = int(re.search(r"LOCAL:(\d+)", usage).group(1))
-        ok = stack == 0 and local == 0
-        return ok, f"{'ok  ' if ok else 'SPILL'} {name}: REG {reg} STACK {stack} LOCAL {local}"
+        c = launched.compile_spec(spec, arch)
+        ok = not c.spills
+        widths = ",".join(f"{w}B x{n}" for w, n in sorted(c.ldg.items()))
+        return ok, (f"{'ok  ' if ok else 'SPILL'} {name}: REG {c.regs} STACK {c.stack} LOCAL {c.local} "
+                    f"occupancy {launched.occupancy(c, arch)} LDG {widths} LDGSTS {c.ldgsts} BAR.SYNC {c.bar_sync}")
     except Exception as e:  # report every failure, not only the first
-        return False, f"FAIL {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        msg = str(e).splitlines()[0] if str(e) else ""
+        return False, f"FAIL {name}: {type(e).__name__}: {msg}"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--arch", type=int, action="append")
+    parser.add_argument("--quick", action="store_true", help="bf16 benchmark cases only, no coverage cases")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("compile_check: unset TRITON_INTERPRET (the interpreter does not compile)")
-    from cbam_fast.kernels.launch import specializations
-
     import triton
 
+    from benchmarks import launched
+
     print(f"compile_check: triton {triton.__version__} from {os.path.dirname(triton.__file__)}", flush=True)
-    archs = args.arch or [80, 90]
-    jobs = [(i, arch) for i in range(len(specializations())) for arch in archs]
-    failures = 0
+    archs = tuple(args.arch or [80, 90])
+    calls = launched.benchmark_calls(dtypes=("bf16",)) if args.quick else \
+        launched.benchmark_calls() + launched.coverage_calls()
+    specs, kernels = {}, set()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for ok, line in pool.map(compile_one, jobs):
-            print(line, flush=True)
-            failures += not ok
+        for _call_id, found in pool.map(_specs_of, [(c, archs) for c in calls], chunksize=4):
+            for arch, spec in found:
+                specs.setdefault((arch, spec), None)
+                kernels.add(spec.kernel_name)
+    print(f"compile_check: {len(calls)} calls planned, {len(specs)} distinct specialisations launched "
+          f"({len(kernels)} kernels: {', '.join(sorted(kernels))})", flush=True)
+    failures = 0
+    jobs = list(specs)
+    try:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            for ok, line in pool.map(_compile, jobs):
+                print(line, flush=True)
+                failures += not ok
+    except BrokenProcessPool as e:  # a compiler crash (an LLVM abort) takes its worker down
+        print(f"FAIL compile_check: a compiler process died: {e}", flush=True)
+        return 1
     print(f"compile_check: {len(jobs) - failures} of {len(jobs)} kernel builds compiled without spills")
     return 1 if failures else 0
 

@@ -1,0 +1,295 @@
+"""The static performance report: what each benchmark call launches, read off its plan and its
+compiled code, and what that predicts on an H200. Runs on a CPU; needs no GPU.
+
+    python -m benchmarks.plan                      # bf16 target rows (R50 batch 32 fwd and fwd+bwd, batch 1 fwd)
+    python -m benchmarks.plan --cases all --detail # every dtype and preset, one line per launch
+    python -m benchmarks.plan --markdown FILE      # also write the tables as markdown
+
+EVERY NUMBER IT PRINTS IS A PREDICTION from the model below, not a measurement.
+
+For each call (:mod:`benchmarks.launched`): every launch of the call, Triton kernels (from the
+plan, compiled exactly as launched for sm_90) and every ATen op (counted by a dispatch mode, so
+parameter casts and clones show): grid, programs per SM, registers and resident programs per SM,
+the global load widths in the SASS (16 B = ``LDG.E.128``), bytes in flight per program, whether
+the loop is pipelined (``LDGSTS``, cp.async), the full-size passes with the reuse distance of
+each re-read against the L2 size, and a predicted time. Next to it eager PyTorch's launches and
+bytes (the reference, counted the same way) and the floor.
+
+The model (constants in :data:`MODEL`):
+
+* a kernel launch costs ``launch_us`` of GPU time on its own (the CPU side is not modelled: it is
+  assumed to run ahead);
+* a Triton launch: ``resident = min(programs, SMs x resident programs per SM)``; one program
+  needs ``loads_per_program x latency / in_flight`` (Little's law, ``in_flight = tile x
+  (num_stages - 1)`` when the SASS has LDGSTS, else one tile); the launch takes
+  ``max(waves x that, total bytes / bandwidth)``, bandwidth and latency those of DRAM, or of
+  L2 for a pass whose full-size reads are within reach of L2 (reuse distance, the bytes touched
+  since the previous read of the same tensor, at most ``l2_reach`` x the L2 size) and for
+  small tensors (``source="l2"``);
+* an ATen op: ``bytes / copy bandwidth`` (its reads and writes), no L2 credit, at full
+  bandwidth however small (generous to eager at small sizes);
+* the floor: compulsory bytes (2 S forward, 5 S forward+backward) / copy bandwidth, or one
+  launch, whichever is larger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import warnings
+from collections import Counter
+
+warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
+
+# Model constants, H200 as seen here (shared/PERF.md): one place for all of them.
+MODEL = dict(
+    sms=132,                 # streaming multiprocessors
+    copy_bw=4.3e12,          # B/s, device-to-device copy (read + write) seen on the H200, 2026-10-28
+    l2_bw=7.0e12,            # B/s, assumed L2 hit bandwidth
+    dram_latency=650e-9,     # s, assumed (PERF.md: 600-700 ns)
+    l2_latency=250e-9,       # s, assumed (PERF.md: 150-300 ns)
+    l2_size=50e6,            # B (H100 50 MB; PERF.md gives the H200 60 MB: the smaller is assumed)
+    l2_reach=0.75,           # a re-read hits L2 when its reuse distance is at most this share of L2
+    launch_us=2.0,           # us of GPU time per launch, however small
+)
+ARCH = 90
+
+
+@dataclasses.dataclass
+class LaunchRow:
+    part: str  # fwd / bwd
+    role: str
+    kernel: str
+    grid: tuple
+    programs: int
+    regs: int
+    resident: int  # programs per SM
+    ldg: dict
+    stg: dict
+    pipelined: bool
+    in_flight: int
+    passes: str
+    reuse: str
+    source: str
+    us: float
+
+
+def _compiled(spec, cache):
+    from benchmarks import launched
+
+    if spec not in cache:
+        cache[spec] = launched.compile_spec(spec, ARCH)
+    return cache[spec]
+
+
+def _widths(d: dict) -> str:
+    return " ".join(f"{w}Bx{n}" for w, n in sorted(d.items(), reverse=True)) or "-"
+
+
+def kernel_rows(cap, cache) -> list[LaunchRow]:
+    """One row per Triton launch of a captured call, with its predicted time."""
+    from benchmarks import launched
+
+    m = MODEL
+    rows = []
+    last_read = {}  # tensor name -> bytes touched (full-size) since its previous read
+    touched = 0.0
+    S = cap.x_bytes
+    for part, records in (("fwd", cap.forward), ("bwd", cap.backward)):
+        for rec in records:
+            ln = rec.launch
+            spec = launched.specialize(rec, ARCH)
+            c = _compiled(spec, cache)
+            occ = launched.occupancy(c, ARCH)
+            t = ln.traffic
+            stages = c.num_stages if c.ldgsts else 1
+            in_flight = t.tile * max(1, stages - 1) if c.ldgsts else t.tile
+            # where this launch's loads come from
+            reuse = []
+            l2_hit = t.source == "l2"
+            if t.source == "dram" and ln.reads:
+                dists = []
+                for name in ln.reads:
+                    if name in last_read:
+                        dists.append(touched - last_read[name] + S)
+                if dists and len(dists) == len(ln.reads):
+                    d = max(dists)
+                    l2_hit = d <= m["l2_reach"] * m["l2_size"]
+                    reuse.append(f"{d / 1e6:.0f}MB{'<' if l2_hit else '>'}L2")
+            latency = m["l2_latency"] if l2_hit else m["dram_latency"]
+            bw = m["l2_bw"] if l2_hit else m["copy_bw"]
+            resident = min(ln.programs, m["sms"] * max(occ, 1))
+            waves = math.ceil(ln.programs / resident)
+            per_program = t.loads_per_program * latency / max(in_flight, 1)
+            seconds = max(waves * per_program, t.total / bw) + m["launch_us"] * 1e-6
+            for name in ln.reads:
+                last_read[name] = touched
+            touched += S * (len(ln.reads) + len(ln.writes))
+            passes = ",".join([f"r:{n}" for n in ln.reads] + [f"w:{n}" for n in ln.writes]) or "-"
+            rows.append(LaunchRow(part, ln.role, ln.kernel_name, ln.grid, ln.programs, c.regs, occ, c.ldg, c.stg,
+                                  bool(c.ldgsts), in_flight, passes, " ".join(reuse) or "-",
+                                  "L2" if l2_hit else "DRAM", seconds * 1e6))
+    return rows
+
+
+def aten_us(ops) -> float:
+    m = MODEL
+    return sum(m["launch_us"] + op.bytes / m["copy_bw"] * 1e6 for op in ops)
+
+
+@dataclasses.dataclass
+class CallReport:
+    call: object
+    rows: list
+    aten_fwd: list
+    aten_bwd: list
+    eager_fwd: list
+    eager_bwd: list
+    x_bytes: int
+
+    def launches(self, part):
+        k = sum(1 for r in self.rows if r.part == part)
+        return k + len(self.aten_fwd if part == "fwd" else self.aten_bwd)
+
+    def us(self, part):
+        k = sum(r.us for r in self.rows if r.part == part)
+        return k + aten_us(self.aten_fwd if part == "fwd" else self.aten_bwd)
+
+    @property
+    def total_us(self):
+        return self.us("fwd") + (self.us("bwd") if self.call.mode == "fwd_bwd" else 0.0)
+
+    @property
+    def eager_us(self):
+        return aten_us(self.eager_fwd) + aten_us(self.eager_bwd)
+
+    @property
+    def eager_launches(self):
+        return len(self.eager_fwd) + len(self.eager_bwd)
+
+    @property
+    def eager_bytes_s(self):
+        return sum(o.bytes for o in self.eager_fwd + self.eager_bwd) / self.x_bytes
+
+    @property
+    def floor_us(self):
+        factor = 2 if self.call.mode == "fwd" else 5
+        return max(factor * self.x_bytes / MODEL["copy_bw"] * 1e6, MODEL["launch_us"])
+
+
+def report(call, cache) -> CallReport:
+    from benchmarks import launched
+
+    cap = launched.capture(call)
+    ef, eb = launched.eager_ops(call)
+    return CallReport(call, kernel_rows(cap, cache), cap.aten_forward, cap.aten_backward, ef, eb, cap.x_bytes)
+
+
+def target_calls(preset="default"):
+    from benchmarks.launched import R50_STAGES, Call
+
+    out = []
+    for mode, n in (("fwd", 32), ("fwd_bwd", 32), ("fwd", 1)):
+        for chw in R50_STAGES:
+            for fmt in ("nchw", "cl"):
+                out.append(Call((n, *chw), "bf16", fmt, preset, preset == "timm" and mode == "fwd_bwd", mode))
+    return out
+
+
+def _ops_summary(ops) -> str:
+    c = Counter(o.name for o in ops)
+    return " ".join(f"{k}x{v}" if v > 1 else k for k, v in c.items()) or "-"
+
+
+def geomean(values):
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def format_tables(reports, detail=False) -> str:
+    out = []
+    out.append("PREDICTED (static model, H200 constants in benchmarks/plan.py MODEL; no GPU measurement)")
+    hdr = ("| call | launches (kernels+aten) | eager launches | eager bytes | pred. us | eager pred. us | "
+           "vs eager | floor us | % of floor | min grid | max in flight/prog |")
+    out.append(hdr)
+    out.append("|---" * (hdr.count("|") - 1) + "|")
+    for r in reports:
+        nk = sum(1 for x in r.rows)
+        na = len(r.aten_fwd) + len(r.aten_bwd)
+        full = [x for x in r.rows if x.source != "L2" or x.passes != "-"]
+        min_grid = min((x.programs for x in r.rows if x.passes != "-"), default=0)
+        inflight = max((x.in_flight for x in full), default=0)
+        out.append(
+            f"| {r.call.id} | {nk}+{na} = {nk + na} | {r.eager_launches} | {r.eager_bytes_s:.1f} S | "
+            f"{r.total_us:.1f} | {r.eager_us:.1f} | {r.eager_us / r.total_us:.2f}x | {r.floor_us:.1f} | "
+            f"{100 * r.floor_us / r.total_us:.0f}% | {min_grid} | {inflight / 1024:.0f} KB |")
+    if detail:
+        for r in reports:
+            out.append("")
+            out.append(f"{r.call.id}: S = |x| = {r.x_bytes / 1e6:.1f} MB")
+            out.append("| part | launch | grid | programs/SM | regs | resident/SM | LDG widths | STG widths | "
+                       "pipelined | in flight | passes | reuse | from | pred. us |")
+            out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            for x in r.rows:
+                out.append(
+                    f"| {x.part} | {x.role} | {x.grid} | {x.programs / MODEL['sms']:.2f} | {x.regs} | {x.resident} | "
+                    f"{_widths(x.ldg)} | {_widths(x.stg)} | {'yes' if x.pipelined else 'no'} | "
+                    f"{x.in_flight / 1024:.1f} KB | {x.passes} | {x.reuse} | {x.source} | {x.us:.1f} |")
+            out.append(f"| fwd | aten: {_ops_summary(r.aten_fwd)} | | | | | | | | | | | | {aten_us(r.aten_fwd):.1f} |")
+            if r.call.mode == "fwd_bwd":
+                out.append(f"| bwd | aten: {_ops_summary(r.aten_bwd)} | | | | | | | | | | | | "
+                           f"{aten_us(r.aten_bwd):.1f} |")
+            out.append(f"eager: fwd {_ops_summary(r.eager_fwd)}; bwd {_ops_summary(r.eager_bwd)}")
+    return "\n".join(out)
+
+
+def summary(reports) -> str:
+    """The targets (shared/PERF.md) on the model: geometric means over the 4 stages x 2 formats."""
+    lines = ["", "Targets on the model (PREDICTED), bf16:"]
+    groups = {
+        "forward, batch 32": [r for r in reports if r.call.shape[0] == 32 and r.call.mode == "fwd"],
+        "forward+backward, batch 32": [r for r in reports if r.call.shape[0] == 32 and r.call.mode == "fwd_bwd"],
+        "forward, batch 1": [r for r in reports if r.call.shape[0] == 1 and r.call.mode == "fwd"],
+    }
+    goals = {"forward, batch 32": (3.0, 70), "forward+backward, batch 32": (2.5, 60), "forward, batch 1": (2.0, None)}
+    for name, rs in groups.items():
+        if not rs:
+            continue
+        ve = geomean(r.eager_us / r.total_us for r in rs)
+        pf = geomean(100 * r.floor_us / r.total_us for r in rs)
+        worst = min(rs, key=lambda r: r.eager_us / r.total_us)
+        g_e, g_f = goals[name]
+        maxl = max(r.launches("fwd") for r in rs)
+        line = (f"- {name}: {ve:.2f}x eager (goal >= {g_e}x), {pf:.0f}% of floor"
+                + (f" (goal >= {g_f}%)" if g_f else "") + f"; worst {worst.call.id} at "
+                f"{worst.eager_us / worst.total_us:.2f}x; forward launches at most {maxl}")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", choices=("targets", "timm", "all"), default="targets")
+    parser.add_argument("--detail", action="store_true", help="one line per launch")
+    parser.add_argument("--markdown", help="also write the tables to this file")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sys.exit("benchmarks.plan: unset TRITON_INTERPRET (the report compiles the kernels)")
+    calls = target_calls()
+    if args.cases in ("timm", "all"):
+        calls += target_calls("timm")
+    cache = {}
+    reports = [report(c, cache) for c in calls]
+    text = format_tables(reports, args.detail) + "\n" + summary(reports)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""A call as a value: the list of launches a launcher decided on, then executed.
+
+The launchers (:mod:`.launch`) decide everything about a call before anything runs: which
+kernels, grids, block sizes, constexprs, splits and buffers. That decision is a :class:`Plan`,
+a list of steps:
+
+* :class:`KernelLaunch`: one ``@triton.jit`` kernel, its grid, runtime arguments (tensors and
+  scalars, in the kernel's parameter order), constexprs and launch options, and which
+  full-size tensors it reads and writes;
+* :class:`TorchStep`: a few PyTorch ops on small tensors between two kernels (the training-mode
+  BatchNorm's statistics), which can set named buffers that later launches take as :class:`Ref`.
+
+Three readers take the same value, so what is checked is what runs:
+
+* :func:`execute` runs it (the op implementations in ``cbam_fast.ops``);
+* :func:`recording` turns execution into a dry run that records each launch with its resolved
+  arguments instead of launching: ``tests/compile_check.py`` compiles exactly those
+  specialisations (Triton's own binder derives the signature, constexprs and divisibility
+  attributes from the recorded arguments) and ``python -m benchmarks.plan`` reports them;
+* the structural tests (launch counts, grids, passes over full-size tensors) read the records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Callable, Optional
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Ref:
+    """A runtime argument that a :class:`TorchStep` earlier in the plan sets: ``env[name]``."""
+
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Traffic:
+    """What the launcher expects one launch to move (the static report's input; no effect on
+    execution). ``total``: bytes the launch reads and writes; ``loads_per_program``: bytes one
+    program loads (what it waits for); ``tile``: bytes one program has in flight per loop stage
+    (one iteration's loads); ``source``: where its loads come from on first touch, ``"dram"``
+    (full-size streams) or ``"l2"`` (small tensors and weights shared by many programs)."""
+
+    total: int
+    loads_per_program: int
+    tile: int
+    source: str = "dram"
+
+
+@dataclasses.dataclass
+class KernelLaunch:
+    """One Triton kernel launch.
+
+    role: what the launch does, for reports and tests ("channel_pool", ...).
+    args: runtime arguments in the kernel's parameter order (constexprs excluded); tensors,
+      ints, floats, or :class:`Ref`.
+    constexprs: the kernel's compile-time arguments; options: ``num_warps``, ``num_stages``.
+    reads / writes: names of the full-size tensors (``x``, ``dy``, ``y``, ``dx``) the launch
+      streams; every other tensor argument is small (``O(N*C + N*H*W)``).
+    """
+
+    role: str
+    kernel: Any
+    grid: tuple[int, ...]
+    args: tuple
+    constexprs: dict
+    options: dict
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    traffic: Optional[Traffic] = None
+
+    @property
+    def kernel_name(self) -> str:
+        fn = getattr(self.kernel, "fn", None)
+        return getattr(fn, "__name__", None) or getattr(self.kernel, "name", type(self.kernel).__name__)
+
+    @property
+    def programs(self) -> int:
+        n = 1
+        for g in self.grid:
+            n *= g
+        return n
+
+
+@dataclasses.dataclass
+class TorchStep:
+    """PyTorch ops between two launches: ``fn(env)`` reads and sets entries of the plan's env."""
+
+    role: str
+    fn: Callable[[dict], None]
+
+
+@dataclasses.dataclass
+class Plan:
+    """The steps of one call, in order, and its named buffers (``env``)."""
+
+    steps: list = dataclasses.field(default_factory=list)
+    env: dict = dataclasses.field(default_factory=dict)
+
+    def launch(self, role, kernel, grid, args, constexprs, *, num_warps, num_stages=None, reads=(), writes=(),
+               traffic=None):
+        options = {"num_warps": num_warps}
+        if num_stages is not None:
+            options["num_stages"] = num_stages
+        self.steps.append(KernelLaunch(role, kernel, tuple(int(g) for g in grid), tuple(args), dict(constexprs),
+                                       options, tuple(reads), tuple(writes), traffic))
+
+    def torch_step(self, role, fn):
+        self.steps.append(TorchStep(role, fn))
+
+    @property
+    def launches(self) -> list[KernelLaunch]:
+        return [s for s in self.steps if isinstance(s, KernelLaunch)]
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+@dataclasses.dataclass
+class Record:
+    """A launch as executed: the step and its runtime arguments with every Ref resolved."""
+
+    launch: KernelLaunch
+    args: tuple
+
+    @property
+    def named_args(self) -> dict:
+        names = [n for n in self.launch.kernel.arg_names if n not in self.launch.constexprs]
+        return dict(zip(names, self.args))
+
+
+_RECORDER: Optional[list] = None
+_DRY = False
+_TARGET_SMS: Optional[int] = None
+
+
+@contextlib.contextmanager
+def recording(dry: bool = True, sm_count: Optional[int] = None):
+    """Record every launch executed inside the block (a list of :class:`Record`); with ``dry``
+    nothing is launched (the arguments may be CPU or meta tensors; outputs stay unwritten).
+    ``sm_count``: plan for a GPU with that many SMs whatever device the tensors are on (the
+    static report and the compile check plan CPU tensors for a 132-SM H100/H200)."""
+    global _RECORDER, _DRY, _TARGET_SMS
+    saved = _RECORDER, _DRY, _TARGET_SMS
+    _RECORDER, _DRY, _TARGET_SMS = [], dry, sm_count
+    try:
+        yield _RECORDER
+    finally:
+        _RECORDER, _DRY, _TARGET_SMS = saved
+
+
+def dry_run() -> bool:
+    """True inside ``recording(dry=True)``: launches are recorded, not made."""
+    return _DRY
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors the plan is made for: the planning target's under
+    :func:`recording` with ``sm_count``, a CUDA device's own, else 2 (the interpreter: few
+    programs, but enough to exercise every split)."""
+    if _TARGET_SMS is not None:
+        return _TARGET_SMS
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2
+
+
+def _resolve(args, env):
+    return tuple(env[a.name] if isinstance(a, Ref) else a for a in args)
+
+
+def execute(plan: Plan) -> dict:
+    """Run the plan's steps in order; returns its env."""
+    for step in plan.steps:
+        if isinstance(step, TorchStep):
+            step.fn(plan.env)
+            continue
+        args = _resolve(step.args, plan.env)
+        if _RECORDER is not None:
+            _RECORDER.append(Record(step, args))
+        if not _DRY:
+            step.kernel[step.grid](*args, **step.constexprs, **step.options)
+    return plan.env
+
+
+def kernel_arguments(record: Record) -> tuple[tuple, dict]:
+    """(positional, keyword) arguments exactly as :func:`execute` passes them to the kernel."""
+    return record.args, {**record.launch.constexprs, **record.launch.options}
+
+
+def is_tensor(v) -> bool:
+    return isinstance(v, torch.Tensor)

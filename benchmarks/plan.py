@@ -247,26 +247,31 @@ def format_tables(reports, detail=False) -> str:
 
 
 def summary(reports) -> str:
-    """The targets (shared/PERF.md) on the model: geometric means over the 4 stages x 2 formats."""
+    """The targets (shared/PERF.md) on the model: geometric means over the 4 stages x 2 formats,
+    per preset."""
     lines = ["", "Targets on the model (PREDICTED), bf16:"]
-    groups = {
-        "forward, batch 32": [r for r in reports if r.call.shape[0] == 32 and r.call.mode == "fwd"],
-        "forward+backward, batch 32": [r for r in reports if r.call.shape[0] == 32 and r.call.mode == "fwd_bwd"],
-        "forward, batch 1": [r for r in reports if r.call.shape[0] == 1 and r.call.mode == "fwd"],
-    }
     goals = {"forward, batch 32": (3.0, 70), "forward+backward, batch 32": (2.5, 60), "forward, batch 1": (2.0, None)}
-    for name, rs in groups.items():
-        if not rs:
-            continue
-        ve = geomean(r.eager_us / r.total_us for r in rs)
-        pf = geomean(100 * r.floor_us / r.total_us for r in rs)
-        worst = min(rs, key=lambda r: r.eager_us / r.total_us)
-        g_e, g_f = goals[name]
-        maxl = max(r.launches("fwd") for r in rs)
-        line = (f"- {name}: {ve:.2f}x eager (goal >= {g_e}x), {pf:.0f}% of floor"
-                + (f" (goal >= {g_f}%)" if g_f else "") + f"; worst {worst.call.id} at "
-                f"{worst.eager_us / worst.total_us:.2f}x; forward launches at most {maxl}")
-        lines.append(line)
+    for preset in dict.fromkeys(r.call.preset for r in reports):
+        groups = {
+            "forward, batch 32": [r for r in reports if r.call.shape[0] == 32 and r.call.mode == "fwd"],
+            "forward+backward, batch 32": [r for r in reports if r.call.shape[0] == 32 and r.call.mode == "fwd_bwd"],
+            "forward, batch 1": [r for r in reports if r.call.shape[0] == 1 and r.call.mode == "fwd"],
+        }
+        for name, rs in groups.items():
+            rs = [r for r in rs if r.call.preset == preset]
+            if not rs:
+                continue
+            ve = geomean(r.eager_us / r.total_us for r in rs)
+            pf = geomean(100 * r.floor_us / r.total_us for r in rs)
+            worst = min(rs, key=lambda r: r.eager_us / r.total_us)
+            g_e, g_f = goals[name]
+            maxl = max(r.launches("fwd") for r in rs)
+            maxb = max((r.launches("bwd") for r in rs if r.call.mode == "fwd_bwd"), default=None)
+            line = (f"- {preset}, {name}: {ve:.2f}x eager (goal >= {g_e}x), {pf:.0f}% of floor"
+                    + (f" (goal >= {g_f}%)" if g_f else "") + f"; worst {worst.call.id} at "
+                    f"{worst.eager_us / worst.total_us:.2f}x; launches at most {maxl} forward"
+                    + (f", {maxb} backward" if maxb is not None else ""))
+            lines.append(line)
     return "\n".join(lines)
 
 

@@ -36,19 +36,20 @@ from .kernels import ChannelMLP, Saved, acc_dtype, cbam_backward, cbam_forward
 from .kernels.launch import layout_of, _memory_format, prepare_input
 
 
-def _prep(p, acc):
-    return None if p is None else p.detach().to(acc).contiguous()
+def _prep(p):
+    return None if p is None else p.detach().contiguous()
 
 
 def kernel_params(x, w1, b1, w2, b2, wc, bc):
-    """Parameters as the kernels take them: acc dtype, contiguous, conv weight flattened.
-    No copy for fp32 parameters with an fp16/bf16/fp32 input."""
-    acc = acc_dtype(x.dtype)
-    b1, b2 = _prep(b1, acc), _prep(b2, acc)
+    """Parameters as the kernels take them: contiguous, conv weight flattened, each in its own
+    dtype (the kernels upcast after loading: no per-call cast; a parameter is copied only when
+    it is not contiguous). A two-layer MLP with one bias of the two gets a zero bias for the
+    other (the kernels take both or neither)."""
+    b1, b2 = _prep(b1), _prep(b2)
     if w2 is not None and (b1 is None) != (b2 is None):  # the kernels take both biases or neither
-        b1 = b1 if b1 is not None else torch.zeros(w1.shape[0], dtype=acc, device=x.device)
-        b2 = b2 if b2 is not None else torch.zeros(w2.shape[0], dtype=acc, device=x.device)
-    return _prep(w1, acc), b1, _prep(w2, acc), b2, _prep(wc, acc).view(-1), _prep(bc, acc)
+        b1 = b1 if b1 is not None else torch.zeros(w1.shape[0], dtype=b2.dtype, device=x.device)
+        b2 = b2 if b2 is not None else torch.zeros(w2.shape[0], dtype=b1.dtype, device=x.device)
+    return _prep(w1), b1, _prep(w2), b2, _prep(wc).view(-1), _prep(bc)
 
 
 def _device_guard(x: Tensor):
@@ -182,6 +183,15 @@ def _forward_fake(x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, bn_mean, bn_var
 # ----------------------------------------------------------------------------- backward op
 
 
+def _conv_grad_dtypes(kwc, bc, bn_mode, stats):
+    """Dtypes of the kernels' conv weight and bias gradients: the parameters' own, except with an
+    eval-mode BatchNorm folded in (both in the acc dtype, scaled afterwards: the fold's bias
+    gradient is needed even without a conv bias)."""
+    if bn_mode == BN_RUNNING:
+        return stats.dtype, stats.dtype
+    return kwc.dtype, None if bc is None else bc.dtype
+
+
 @torch.library.custom_op("cbam_fast::backward", mutates_args=())
 def backward_op(
     dy: Tensor, x: Tensor, a: Tensor, z: Tensor, smap: Tensor, sidx: Tensor, zhat: Tensor, stats: Tensor,
@@ -194,7 +204,7 @@ def backward_op(
     kwc, scale = wc, None
     if bn_mode == BN_RUNNING:  # the kernels ran the folded conv: run their backward through it
         kwc, _, scale = _fold_running_bn(wc, bc, bn_weight, None, stats)
-    kw1, kb1, kw2, _, kwc, _ = kernel_params(x, w1, b1, w2, b2, kwc, None)
+    kw1, kb1, kw2, kb2, kwc, _ = kernel_params(x, w1, b1, w2, b2, kwc, None)
     bn_grads = []
     dz_hook = None
     if bn_mode == BN_BATCH:
@@ -207,6 +217,7 @@ def backward_op(
         dx, mlp_grads, conv_grads, dz = cbam_backward(
             dy, x, Saved(a=a, z=z, smap=smap, sidx=sidx), kw1, kb1, kw2, kwc,
             need_x=need_x, need_mlp=need_mlp, need_conv=need_conv, mlp=ChannelMLP(pool, two_layer), dz_hook=dz_hook,
+            b2=kb2, conv_grad_dtypes=_conv_grad_dtypes(kwc, bc, bn_mode, stats),
         )
         if bn_mode == BN_RUNNING and need_conv:
             # zhat recomputed on the small map as PyTorch's BatchNorm sees it, for its parameters'
@@ -225,8 +236,9 @@ def backward_op(
     db1 = db1 if b1 is not None else None
     db2 = db2 if b2 is not None else None
     dwc, dbc = conv_grads if conv_grads is not None else (None, None)
-    if dwc is not None:  # both may be slices of one partial-sum row: outputs must not alias
-        dwc, dbc = dwc.clone().view_as(wc), dbc.clone()
+    if dwc is not None:
+        dwc = dwc.view_as(wc)
+    dbc = dbc if bc is not None else None
     dbn_w, dbn_b = bn_grads if bn_grads else (None, None)
     outs = (dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b)
     return tuple(a.new_empty(0) if t is None else t for t in outs)
@@ -237,16 +249,20 @@ def _backward_fake(dy, x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bc,
                    two_layer, need_x, need_mlp, need_conv):
     acc = a.dtype
 
-    def like(p, needed):
-        return torch.empty(p.shape, dtype=acc, device=p.device) if (needed and p is not None) else a.new_empty(0)
+    def like(p, needed, dtype=None):
+        """A gradient in its parameter's dtype (the kernels write it so), or empty."""
+        if not (needed and p is not None):
+            return a.new_empty(0)
+        return torch.empty(p.shape, dtype=dtype or p.dtype, device=p.device)
 
     def sized(n, needed):
         return a.new_empty(n if needed else 0)
 
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_format(x)) if need_x else a.new_empty(0)
     bn = bn_mode == BN_BATCH or (bn_mode == BN_RUNNING and need_conv)
+    conv_acc = acc if bn_mode == BN_RUNNING else None  # the folded conv's gradients are scaled in acc
     return (dx, like(w1, need_mlp), like(b1, need_mlp), like(w2, need_mlp), like(b2, need_mlp),
-            like(wc, need_conv), sized(1, need_conv), sized(1, bn), sized(1, bn))
+            like(wc, need_conv, conv_acc), like(bc, need_conv, conv_acc), sized(1, bn), sized(1, bn))
 
 
 def _no_double_backward(ctx, *grads):
@@ -267,11 +283,15 @@ _DIFF_INPUTS = ("x", "w1", "b1", "w2", "b2", "wc", "bc", "bn_weight", "bn_bias")
 def _setup_context(ctx, inputs, output):
     (x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, _mean, _var, bn_mode, _eps, pool, two_layer) = inputs
     _, a, z, smap, sidx, zhat, stats = output
+    # the auxiliary outputs never receive a gradient: do not fill zeros for them (6 launches)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias)
     ctx.pool, ctx.two_layer, ctx.bn_mode = pool, two_layer, bn_mode
 
 
 def _backward(ctx, dy, *_aux_grads):
+    if dy is None:  # y itself received no gradient
+        return (None,) * 15
     x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias = ctx.saved_tensors
     need = ctx.needs_input_grad
     need_mlp = any(need[1:5])

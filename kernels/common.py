@@ -20,6 +20,9 @@ LAYOUT_STRIDED = 2
 
 # Larger than any channel or position index; used as "no index" in argmin-style reductions.
 INDEX_SENTINEL = 2**31 - 1
+# "No index yet" of the running (max, index) accumulators that first_argmax reduces at the end:
+# above every real index, and first_argmax's key ``index + INDEX_OFFSET`` still fits in int32.
+RUNNING_SENTINEL = 2**30 - 1
 # Channel and position indices, masked lanes included, are below this (the launchers refuse H*W
 # or C above 2**29); first_argmax spells it as a literal (a jit function reads no module globals).
 INDEX_OFFSET = 2**30
@@ -76,3 +79,68 @@ def merge_argmax(b_max, b_idx, t_max, t_idx):
     t_nan = t_max != t_max
     take_t = (t_max > b_max) | (t_nan & ~b_nan) | (((t_max == b_max) | (t_nan & b_nan)) & (t_idx < b_idx))
     return tl.where(take_t, t_max, b_max), tl.where(take_t, t_idx, b_idx)
+
+
+@triton.jit
+def nan_max(v, AXIS: tl.constexpr):
+    """Max of ``v`` along AXIS, NaN if any element is NaN (as torch.amax; ``tl.max`` ignores NaN)."""
+    best = tl.max(v, axis=AXIS)
+    has_nan = tl.max(tl.where(v != v, 1, 0), axis=AXIS) > 0
+    return tl.where(has_nan, float("nan"), best)
+
+
+@triton.jit
+def running_max(acc, v):
+    """Elementwise running max keeping NaN (once NaN, stays NaN; a NaN replaces any number)."""
+    return tl.where((v > acc) | (v != v), v, acc)
+
+
+@triton.jit
+def ticket(CNT, slot, total):
+    """True in the last of ``total`` programs to take a ticket on counter ``CNT[slot]``; that
+    program also resets the counter to 0, so the call's own kernels keep the workspace zeroed
+    (no fill launch). Deterministic "last program finishes the reduction": the last program
+    then reads every program's partial results in a fixed order.
+
+    Ordering: a barrier so every thread's stores are issued, then one acquire-release atomic;
+    the last program reads the others' partials after it (with ``.cg`` loads, through L2)."""
+    tl.debug_barrier()
+    t = tl.atomic_add(CNT + slot, 1, sem="acq_rel")
+    last = t == total - 1
+    if last:
+        tl.atomic_xchg(CNT + slot, 0, sem="relaxed")
+    return last
+
+
+@triton.jit
+def argmax_rows(MAX, IDX, row0, n_rows, max_stride, idx_stride, o_col, m_col, BLOCK_S: tl.constexpr):
+    """Merge the (max, first index) partial rows ``row0 .. row0 + n_rows`` of ``MAX``/``IDX``
+    (row r at ``r * max_stride`` and ``r * idx_stride``, columns ``o_col``) in row order, as
+    torch.max(dim): NaN wins, ties to the smaller index. Loads through L2 (``.cg``): the rows may
+    come from other programs of the same launch."""
+    b_max = tl.full(o_col.shape, float("-inf"), dtype=MAX.dtype.element_ty)
+    b_idx = tl.full(o_col.shape, 1073741823, dtype=tl.int32)  # RUNNING_SENTINEL
+    for s0 in range(0, n_rows, BLOCK_S):
+        o_s = row0 + s0 + tl.arange(0, BLOCK_S)
+        m = (o_s < row0 + n_rows)[:, None] & m_col[None, :]
+        t_max = tl.load(MAX + o_s[:, None] * max_stride + o_col[None, :], mask=m, other=float("-inf"),
+                        cache_modifier=".cg")
+        t_idx = tl.load(IDX + o_s[:, None] * idx_stride + o_col[None, :], mask=m, other=1073741823,
+                        cache_modifier=".cg")
+        t_max, t_idx = first_argmax(t_max, t_idx, 0)
+        b_max, b_idx = merge_argmax(b_max, b_idx, t_max, t_idx)
+    return b_max, b_idx
+
+
+@triton.jit
+def sum_rows(X, row0, n_rows, stride, o_col, m_col, BLOCK_S: tl.constexpr):
+    """Sum of the rows ``row0 .. row0 + n_rows`` of ``X`` (row r at ``r * stride``, columns
+    ``o_col``), a [BLOCK_S, columns] tile at a time: a fixed order, deterministic. Loads through
+    L2 (``.cg``): the rows may come from other programs of the same launch."""
+    acc = tl.zeros(o_col.shape, dtype=X.dtype.element_ty)
+    for s0 in range(0, n_rows, BLOCK_S):
+        o_s = (row0 + s0 + tl.arange(0, BLOCK_S)).to(tl.int64)
+        m = (o_s < row0 + n_rows)[:, None] & m_col[None, :]
+        acc += tl.sum(tl.load(X + o_s[:, None] * stride + o_col[None, :], mask=m, other=0.0, cache_modifier=".cg"),
+                      axis=0)
+    return acc

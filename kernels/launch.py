@@ -1,29 +1,45 @@
-"""Launchers: allocate outputs, pick block sizes, run the Triton kernels of a CBAM forward or backward.
+"""Launchers: plan a CBAM forward or backward as a value (kernels/plan.py), then run it.
 
-Full-size passes (S = |x| in bytes; see shared bytes model in the README's design notes):
+Every launch is decided here before anything runs: kernels, grids, block sizes, constexprs,
+splits, buffers. The tiny work (the MLP on [N, C], its backward and weight gradient, the
+merges of partial results) is folded into the full-size passes: a reduction across programs
+is finished by the last program to arrive ("ticket", kernels/common.py), which reads the
+partials in a fixed order, so every result is bitwise deterministic without atomics on data.
 
-forward, 3 reads + 1 write (compulsory: 1 read + 1 write):
-  1. ``channel_pool_kernel``  reads x      -> pooled sum/max partials     (then the tiny MLP kernel)
-  2. ``spatial_pool_kernel``  reads x      -> max/mean over C of x*cg     (x*cg is never stored)
-  3. ``spatial_gate_kernel``  reads x      -> conv, sigmoid, writes y = x*cg*sg
-  Each pass needs the full result of the previous one (the MLP needs every position's pool,
-  the conv needs its neighbours' channel pools), so three grid-wide dependencies force three
-  streams over x; passes 2 and 3 hit L2 when the working set fits.
+forward, 3 launches, 3 reads of x + 1 write of y (compulsory: 1 read + 1 write):
+  1. ``channel_pool_kernel``  reads x -> channel pools; per channel block the MLP's first-layer
+     partial products (a W1 slab); per sample the hidden vector (sum of the blocks, bias, ReLU)
+  2. ``spatial_pool_kernel``  reads x -> the MLP's second layer for its channel chunk (a W2 slab),
+     the gate cg, max/mean over C of x*cg (x*cg never stored; chunks merged by a ticket)
+  3. ``spatial_gate_kernel``  reads x -> conv of the pooled maps, sigmoid, writes y = x*cg*sg
+  Each pass needs the complete result of the previous one (the gate needs every position's
+  pool, the conv its neighbours' channel pools), so three streams over x; passes 2 and 3 hit
+  L2 when x fits. The stream passes split the channels (grid (N * NPB, channel chunks)) until
+  there are 4 programs per SM.
 
-backward, x read twice, dy twice, dx written once (compulsory: 2 reads + 1 write):
-  1. ``bwd_reduce_kernel``   reads x, dy -> dz = dL/d(conv out), dL/dcg partials, pool partials
-  2. ``bwd_spatial_kernel``  reads x     -> transposed conv of dz, conv weight partials, rest of dL/dcg
-  3. ``bwd_dx_kernel``       reads dy    -> writes dx
+backward, 4 launches, x read twice, dy twice, dx written once (compulsory: 2 reads + 1 write):
+  1. ``bwd_reduce_kernel``   reads x, dy -> dz = dL/d(conv out) (chunks merged by a ticket),
+     dL/dcg partials, channel-pool partials (recomputed, not saved)
+  2. ``bwd_spatial_kernel``  reads x -> transposed conv of dz, conv weight partials, rest of
+     dL/dcg; per (sample, chunk) ticket the MLP backward of the chunk (pooled vectors, argmax,
+     dL/da, partial products with W1 and W2 slabs); per sample ticket the hidden layer's
+     gradient through the ReLUs; the conv-gradient rows of the sample summed
+  3. ``channel_mlp_wgrad_kernel`` every parameter gradient, fixed-order sums over the batch,
+     written in each parameter's dtype (no cast afterwards)
+  4. ``bwd_dx_kernel``       reads dy -> the pooled vectors' gradients through W1 (a slab per
+     channel tile), writes dx
   dL/dcg needs sum_p x * d(mean map), and d(mean map) needs dz at the conv's neighbours, which
   needs the full channel reduction of pass 1: the second read of x cannot be folded into the
-  first without a grid-wide sync. dx needs no x: ``(dy sg + d(mean map)/C + d(max map) at the
-  saved argmax) cg + the channel pools' gradients`` (the max pool's through its saved index).
-  The MLP backward and its weight gradient (``channel_mlp_*``) touch only [N, C] and [HID, C] data.
+  first. dx needs no x: ``(dy sg + d(mean map)/C + d(max map) at the saved argmax) cg + the
+  channel pools' gradients``.
+
+Parameters are read in their own dtype (upcast after loading): no per-call cast. Workspaces
+(partials, counters) cost no launch: the tickets' counters are reset by the programs that
+take them.
 
 Saved between forward and backward besides x: the gates' pre-activations a [N, C] and z [N, P],
-smap [N, 2, P] and sidx [N, P] (int32) -- 4 * (N*C + 4*N*P) bytes in fp32, under 5% of |x| for the ResNet-50 CBAM
-stages in 16-bit (largest: 4.5% at 2048x7x7). The channel pools are recomputed by backward
-pass 1 rather than saved.
+smap [N, 2, P] and sidx [N, P] (int32) -- 4 * (N*C + 4*N*P) bytes in fp32, under 5% of |x| for
+the ResNet-50 CBAM stages in 16-bit (largest: 4.5% at 2048x7x7).
 """
 
 from __future__ import annotations
@@ -34,12 +50,18 @@ import math
 import torch
 import triton
 
-from .channel import channel_mlp_bwd_kernel, channel_mlp_fwd_kernel, channel_mlp_wgrad_kernel, channel_pool_kernel
+from .channel import channel_mlp_wgrad_kernel, channel_pool_kernel
 from .common import LAYOUT_CCONTIG, LAYOUT_PCONTIG, LAYOUT_STRIDED
 from .plan import Plan, Ref, Traffic, execute, sm_count
 from .spatial import bwd_dx_kernel, bwd_reduce_kernel, bwd_spatial_kernel, spatial_gate_kernel, spatial_pool_kernel
 
 KERNEL_SIZES = (3, 5, 7)
+# Software-pipelining depth of the full-size loops (tl.range num_stages): a tile in flight while
+# the previous one is used. MLP_BLOCK_H: widest hidden tile of the first layer's products and
+# of the ticket's sum; MLP_BLOCK_H2: of the second layer inside the pooling loop (registers).
+NUM_STAGES = 3
+MLP_BLOCK_H = 128
+MLP_BLOCK_H2 = 64
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -118,7 +140,7 @@ def check_launchable(shape, hidden: int, blk: "Blocks") -> None:
     grids = {
         "channel pooling": (N * triton.cdiv(C, blk.pool_c), 1),
         "spatial passes": stream_grid(N, P, blk),
-        "MLP": (N,),
+        "MLP backward": (N,),
         "MLP weight gradient": (triton.cdiv(hidden, blk.mlp_h), triton.cdiv(C, blk.mlp_c)),
     }
     for name, grid in grids.items():
@@ -221,28 +243,57 @@ def _pool_splits(n_rows: int, P: int, block_p: int, device: torch.device) -> int
     return max(1, min(triton.cdiv(P, block_p), triton.cdiv(target, n_rows)))
 
 
-def _stream_traffic(N, C, P, es, block_c, block_p, loads, stores) -> Traffic:
-    """A (sample, position block) program looping over the channels, loading ``loads`` and
-    storing ``stores`` full-size tensors."""
+def _stream_traffic(N, C, P, es, block_c, block_p, loads, stores, c_per_split=None) -> Traffic:
+    """A (sample, position block, channel chunk) program looping over its channels, loading
+    ``loads`` and storing ``stores`` full-size tensors."""
     S = N * C * P * es
-    per_program = min(block_p, P) * C * es * loads
+    per_program = min(block_p, P) * min(C, c_per_split or C) * es * loads
     return Traffic(S * (loads + stores), per_program, block_c * block_p * es * loads)
 
 
-def _mlp_traffic(N, C, HID, n_parts, weight_passes, ws, blk, partials=3) -> Traffic:
-    """A per-sample MLP program: it reduces ``n_parts`` rows of ``partials`` [C] vectors, then
-    streams the weights ``weight_passes`` times ([HID, C] each), one tile at a time."""
-    per_program = 4 * n_parts * C * partials + weight_passes * HID * C * ws
-    return Traffic(N * per_program, per_program, blk.mlp_h * blk.mlp_c * ws, "l2")
+def _channel_splits(programs: int, C: int, block_c: int, device: torch.device) -> int:
+    """Channel chunk (a multiple of block_c) of the forward's stream passes: split C across
+    programs until the grid has 4 programs per SM, keeping at least two channel tiles per
+    program where C allows (so a pipelined loop has a tile in flight while one is used)."""
+    target = 4 * sm_count(device)
+    if programs >= target:
+        return C
+    want = triton.cdiv(target, programs)
+    per = max(1, (C // want) // block_c) * block_c  # rounded down: at least `want` chunks
+    return max(per, min(2 * block_c, triton.cdiv(C, block_c) * block_c))
+
+
+# Workspace counters of the tickets (kernels/common.py ``ticket``): kept zeroed by the kernels
+# themselves (the last program of each ticket resets its counter), so no call launches a fill.
+# One buffer per (device, stream): calls on concurrent streams never share a counter. Under
+# CUDA-graph capture each call gets its own zeroed buffer, recorded into the graph.
+_COUNTERS: dict = {}
+
+
+def _counters(device: torch.device, n: int) -> torch.Tensor:
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return torch.zeros(n, dtype=torch.int32, device=device)
+        key = (device, torch.cuda.current_stream(device).cuda_stream)
+    else:
+        key = (device, None)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 4096, 0 if buf is None else 2 * buf.numel()), dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf
 
 
 def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spatial_preact=None) -> Plan:
-    """The fused CBAM forward as a :class:`Plan` (nothing runs until :func:`execute`).
+    """The fused CBAM forward as a :class:`Plan` (nothing runs until :func:`execute`): three
+    launches, each a full-size pass over x (kernels/channel.py and kernels/spatial.py say what
+    each computes; the MLP is folded into the first two, the reductions between programs are
+    "last program finishes" tickets, deterministic).
 
     x: [N, C, H, W] fp16/bf16/fp32/fp64, NCHW or channels_last (other strides are copied).
     w1: [HID, C], b1: [HID] or None, w2: [C, HID] or None (single layer), b2: [C] or None (b1
     and b2 both given or both None), wc: [2*K*K] (max taps, then mean taps), bc: [1] or None --
-    parameters in the acc dtype, contiguous.
+    parameters contiguous, each in its own float dtype (the kernels upcast after loading).
     spatial_preact: None, or a function ``smap [N, 2, H, W] -> pre-activation [N, 1, H, W]``
     (the conv and a training-mode BatchNorm, in PyTorch ops) used instead of the in-kernel conv.
     The plan's env holds ``y`` (x's memory format and dtype) and ``saved`` (:class:`Saved`).
@@ -258,37 +309,49 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spat
     es, ws = x.element_size(), w1.element_size()
     S = x.numel() * es
     plan = Plan()
+    has_bias = b1 is not None
+    mlp_opts = dict(POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias)
+    stages = dict(NUM_STAGES=NUM_STAGES)
 
+    # pass 1: channel pools, the MLP's first layer (per channel block), the hidden vector per sample
     n_cblocks = triton.cdiv(C, blk.pool_c)
     n_splits = _pool_splits(N * n_cblocks, P, blk.pool_p, dev)
     p_per_split = triton.cdiv(triton.cdiv(P, n_splits), blk.pool_p) * blk.pool_p
     n_splits = triton.cdiv(P, p_per_split)
+    n_pb = triton.cdiv(P, blk.stream_p)
+    c_per_split = _channel_splits(N * n_pb, C, blk.stream_c, dev)
+    n_csplits = triton.cdiv(C, c_per_split)
+    cnt = _counters(dev, N * n_cblocks + N + N * n_pb)
     psum = _empty((N, n_splits, C), acc, dev)
     pmax = _empty((N, n_splits, C), acc, dev)
-    pidx = _empty((N, n_splits, C), torch.int32, dev)
+    pre = _empty((N, n_cblocks, 2, HID), acc, dev)
+    ha = _empty((N, HID), acc, dev)  # the summed hidden activation, or (single layer) the gate's pre-activation
+    a = ha if not mlp.two_layer else _empty((N, C), acc, dev)
+    block_h = min(triton.next_power_of_2(HID), MLP_BLOCK_H)
     plan.launch("channel_pool", channel_pool_kernel, (N * n_cblocks, n_splits),
-                (x, psum, pmax, pidx, C, P, p_per_split, n_splits, s_n, s_c, s_p),
-                dict(LAYOUT=layout, BLOCK_C=blk.pool_c, BLOCK_P=blk.pool_p), num_warps=blk.warps, reads=("x",),
-                traffic=Traffic(S, blk.pool_c * min(p_per_split, P) * es, blk.pool_c * blk.pool_p * es))
+                (x, psum, pmax, w1, b1 if has_bias else w1, pre, ha, cnt, C, P, HID, p_per_split, n_splits,
+                 N * n_cblocks, s_n, s_c, s_p),
+                dict(LAYOUT=layout, **mlp_opts, BLOCK_C=blk.pool_c, BLOCK_P=blk.pool_p, BLOCK_S=32, BLOCK_H=block_h,
+                     BLOCK_CB=32, **stages),
+                num_warps=blk.warps, reads=("x",),
+                traffic=Traffic(S + N * HID * C * ws, blk.pool_c * min(p_per_split, P) * es + HID * blk.pool_c * ws,
+                                blk.pool_c * blk.pool_p * es))
 
-    cg = _empty((N, C), acc, dev)
-    a = _empty((N, C), acc, dev)
-    vscr = _empty((N, 2, C), acc, dev)
-    hscr = _empty((N, HID), acc, dev)
-    has_bias = b1 is not None
-    plan.launch("channel_mlp", channel_mlp_fwd_kernel, (N,),
-                (psum, pmax, pidx, w1, b1 if has_bias else w1, w2 if w2 is not None else w1,
-                 b2 if has_bias else w1, cg, a, vscr, hscr, C, HID, P, n_splits),
-                dict(POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias, BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h),
-                num_warps=blk.mlp_warps,
-                traffic=_mlp_traffic(N, C, HID, n_splits, 1 + mlp.two_layer, ws, blk))
-
+    # pass 2: the MLP's second layer (per channel chunk) and the spatial pools of x * cg
     smap = _empty((N, 2, P), acc, dev)
     sidx = _empty((N, P), torch.int32, dev)
-    plan.launch("spatial_pool", spatial_pool_kernel, stream_grid(N, P, blk),
-                (x, cg, smap, sidx, C, P, s_n, s_c, s_p),
-                dict(LAYOUT=layout, BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p), num_warps=blk.warps, reads=("x",),
-                traffic=_stream_traffic(N, C, P, es, blk.stream_c, blk.stream_p, loads=1, stores=0))
+    spart = _empty((N, n_csplits, 2, P) if n_csplits > 1 else (1,), acc, dev)
+    spidx = _empty((N, n_csplits, P) if n_csplits > 1 else (1,), torch.int32, dev)
+    w2_bytes = c_per_split * HID * ws if mlp.two_layer else 0
+    plan.launch("spatial_pool", spatial_pool_kernel, (N * n_pb, n_csplits),
+                (x, w2 if w2 is not None else w1, b2 if has_bias else w1, ha, a, spart, spidx, smap, sidx,
+                 cnt[N * n_cblocks + N:], C, P, HID, c_per_split, n_csplits, s_n, s_c, s_p),
+                dict(LAYOUT=layout, **mlp_opts, BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p,
+                     BLOCK_H=min(block_h, MLP_BLOCK_H2), BLOCK_S=16, **stages),
+                num_warps=blk.warps, reads=("x",),
+                traffic=Traffic(S + N * n_pb * n_csplits * w2_bytes,
+                                min(blk.stream_p, P) * c_per_split * es + w2_bytes,
+                                blk.stream_c * blk.stream_p * es))
 
     gate_map = smap
     if spatial_preact is not None:
@@ -297,16 +360,19 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spat
 
         plan.torch_step("spatial_preact", preact)
         gate_map = Ref("pre_act")
+
+    # pass 3: the k x k conv of the pooled maps, the spatial gate, y = x * cg * sg
     y = _empty(x.shape, x.dtype, dev, _memory_format(layout))
     _, (y_n, y_c, y_p) = layout_of(y)
     z = _empty((N, P), acc, dev)
-    plan.launch("spatial_gate", spatial_gate_kernel, stream_grid(N, P, blk),
-                (x, y, cg, gate_map, wc, bc if bc is not None else wc, z, C, P, H, W, s_n, s_c, s_p, y_n, y_c, y_p),
+    plan.launch("spatial_gate", spatial_gate_kernel, (N * n_pb, n_csplits),
+                (x, y, a, gate_map, wc, bc if bc is not None else wc, z, C, P, H, W, c_per_split,
+                 s_n, s_c, s_p, y_n, y_c, y_p),
                 dict(LAYOUT=layout, KSIZE=K if spatial_preact is None else 1,
                      HAS_CONV_BIAS=spatial_preact is None and bc is not None, PRE_ACT=spatial_preact is not None,
-                     BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p),
+                     BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, **stages),
                 num_warps=blk.warps, reads=("x",), writes=("y",),
-                traffic=_stream_traffic(N, C, P, es, blk.stream_c, blk.stream_p, loads=1, stores=1))
+                traffic=Traffic(2 * S, min(blk.stream_p, P) * c_per_split * es, blk.stream_c * blk.stream_p * es))
     plan.env.update(y=y, saved=Saved(a=a, z=z, smap=smap, sidx=sidx))
     return plan
 
@@ -321,16 +387,18 @@ def cbam_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spat
 
 
 def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: bool, need_conv: bool,
-                  mlp: ChannelMLP = ChannelMLP(), dz_hook=None) -> Plan:
+                  mlp: ChannelMLP = ChannelMLP(), dz_hook=None, b2=None, conv_grad_dtypes=None) -> Plan:
     """The fused CBAM backward as a :class:`Plan`.
 
     dy: [N, C, H, W] in any strides (stride-0 expanded included); x, the parameters and ``mlp``
     as given to :func:`plan_forward`. dz_hook: None, or a function mapping dL/d(pre-activation)
     ``[N, 1, H, W]`` to dL/d(conv output) (the backward of ``spatial_preact``'s BatchNorm).
+    b2: the second-layer bias (for its gradient's dtype) or None; conv_grad_dtypes: the dtypes of
+    the conv weight's and bias's gradients (None for the bias: not wanted); default (wc's, None).
     The env holds ``dx`` (or None), ``mlp_grads`` ((dw1, db1, dw2, db2) or None), ``conv_grads``
-    ((dwc, dbc) or None) and ``dz``: dx in x's dtype and memory format, parameter gradients in the
-    acc dtype (dwc flat ``[2*K*K]``, dbc ``[1]``), dz the ``[N, P]`` gradient of the spatial gate's
-    pre-activation.
+    ((dwc, dbc or None) or None) and ``dz``: dx in x's dtype and memory format, each parameter
+    gradient in its parameter's dtype (written so by the kernels: no cast afterwards; dwc flat
+    ``[2*K*K]``, dbc ``[1]``), dz the ``[N, P]`` gradient of the spatial gate's pre-activation.
     """
     check_launchable(x.shape, w1.shape[0], _served_blocks(x))
     x, layout, (s_xn, s_xc, s_xp) = prepare_input(x)
@@ -345,24 +413,35 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     K = math.isqrt(wc.numel() // 2)
     dev, acc = x.device, acc_dtype(x.dtype)
     blk = blocks_for(layout, x.dtype)
-    es, ws = x.element_size(), w1.element_size()
+    es = x.element_size()
     n_pb = triton.cdiv(P, blk.stream_p)
-    grid = stream_grid(N, P, blk)
     stream = dict(BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p)
     dy_stream = dict(stream, BLOCK_C=dy_block_c(blk, layout, dy_layout))
     plan = Plan()
     plan.env.update(dx=None, mlp_grads=None, conv_grads=None)
 
+    c_per_split = _channel_splits(N * n_pb, C, blk.stream_c, dev)
+    n_csplits = triton.cdiv(C, c_per_split)
+    has_bias = b1 is not None
+    mlp_opts = dict(POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias)
+    stages = dict(NUM_STAGES=NUM_STAGES)
+    block_h = min(triton.next_power_of_2(HID), MLP_BLOCK_H2)
+    cnt = _counters(dev, N * n_pb + N * n_csplits + N)
+
     # pass 1: dz, first half of dL/dcg, channel-pool partials (one split per position block)
     dz = _empty((N, P), acc, dev)
+    dzpart = _empty((N, n_csplits, P) if n_csplits > 1 else (1,), acc, dev)
     psum = _empty((N, n_pb, C), acc, dev)
     pmax = _empty((N, n_pb, C), acc, dev)
     pidx = _empty((N, n_pb, C), torch.int32, dev)
     pdcg = _empty((N, n_pb, C), acc, dev)
-    plan.launch("bwd_reduce", bwd_reduce_kernel, grid,
-                (x, dy, saved.a, saved.z, dz, psum, pmax, pidx, pdcg, C, P, s_xn, s_xc, s_xp, s_gn, s_gc, s_gp),
-                dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream), num_warps=blk.warps, reads=("x", "dy"),
-                traffic=_stream_traffic(N, C, P, es, dy_stream["BLOCK_C"], blk.stream_p, loads=2, stores=0))
+    plan.launch("bwd_reduce", bwd_reduce_kernel, (N * n_pb, n_csplits),
+                (x, dy, saved.a, saved.z, dz, dzpart, psum, pmax, pidx, pdcg, cnt, C, P, c_per_split, n_csplits,
+                 s_xn, s_xc, s_xp, s_gn, s_gc, s_gp),
+                dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream, BLOCK_S=16, **stages), num_warps=blk.warps,
+                reads=("x", "dy"),
+                traffic=_stream_traffic(N, C, P, es, dy_stream["BLOCK_C"], blk.stream_p, loads=2, stores=0,
+                                        c_per_split=c_per_split))
     plan.env["dz"] = dz
     dz_conv = dz
     if dz_hook is not None:
@@ -372,67 +451,74 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
         plan.torch_step("dz_hook", hook)
         dz_conv = Ref("dz_conv")
 
-    # pass 2: transposed conv, conv weight partials, second half of dL/dcg
+    # pass 2: transposed conv, conv weight partials, second half of dL/dcg; the MLP backward
+    NR = 2 * K * K + 1
     ds = _empty((N, 2, P), acc, dev)
-    pdw = _empty((N * n_pb, 2 * K * K + 1), acc, dev)
-    plan.launch("bwd_spatial", bwd_spatial_kernel, grid,
-                (x, dz_conv, saved.smap, saved.sidx, wc, pdcg, ds, pdw, C, P, H, W, s_xn, s_xc, s_xp),
-                dict(X_LAYOUT=layout, KSIZE=K, **stream), num_warps=blk.warps, reads=("x",),
-                traffic=_stream_traffic(N, C, P, es, blk.stream_c, blk.stream_p, loads=1, stores=0))
-    if need_conv:
-        def conv_grads(env):
-            # [N * NPB, 2K*K + 1] -> [2K*K + 1]: a fixed-order torch reduction (deterministic, tiny)
-            pdw_sum = pdw.sum(dim=0)
-            env["conv_grads"] = (pdw_sum[: 2 * K * K], pdw_sum[2 * K * K :])
-
-        plan.torch_step("conv_wgrad_sum", conv_grads)
-
-    if not (need_x or need_mlp):
-        return plan
-
-    has_bias = b1 is not None
-    opts = dict(POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias, BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h)
-    w2_arg = w2 if w2 is not None else w1
+    pdw = _empty((N * n_pb, NR), acc, dev)
+    pdwn = _empty((N, NR), acc, dev)
     vscr = _empty((N, 2, C), acc, dev)
     da = _empty((N, C), acc, dev)
+    idxp = _empty((N, C), torch.int32, dev)
+    dhp = _empty((N, n_csplits, HID), acc, dev)
+    prep = _empty((N, n_csplits, 2, HID), acc, dev)
     dpre = _empty((N, 2, HID), acc, dev)
     hs = _empty((N, HID), acc, dev)
-    dpool = _empty((N, 2, C), acc, dev)
-    idxp = _empty((N, C), torch.int32, dev)
-    plan.launch("channel_mlp_bwd", channel_mlp_bwd_kernel, (N,),
-                (psum, pmax, pidx, pdcg, saved.a, w1, b1 if has_bias else w1, w2_arg,
-                 vscr, da, dpre, hs, dpool, idxp, C, HID, P, n_pb), opts, num_warps=blk.mlp_warps,
-                traffic=_mlp_traffic(N, C, HID, n_pb, 1 + 2 * mlp.two_layer, ws, blk, partials=4))
+    w2_arg = w2 if w2 is not None else w1
+    plan.launch("bwd_spatial", bwd_spatial_kernel, (N * n_pb, n_csplits),
+                (x, dz_conv, saved.smap, saved.sidx, wc, pdcg, ds, pdw, pdwn,
+                 psum, pmax, pidx, saved.a, w1, b1 if has_bias else w1, w2_arg, vscr, da, idxp, dhp, prep, dpre, hs,
+                 cnt[N * n_pb:], C, P, H, W, HID, c_per_split, n_csplits, N * n_csplits, s_xn, s_xc, s_xp),
+                dict(X_LAYOUT=layout, KSIZE=K, **mlp_opts, **stream, BLOCK_S=16, BLOCK_H=block_h,
+                     BLOCK_R=triton.next_power_of_2(NR), **stages),
+                num_warps=blk.warps, reads=("x",),
+                traffic=_stream_traffic(N, C, P, es, blk.stream_c, blk.stream_p, loads=1, stores=0,
+                                        c_per_split=c_per_split))
 
-    if need_mlp:
-        dw1 = _empty((HID, C), acc, dev)
-        db1 = _empty((HID,), acc, dev) if has_bias else None
-        dw2 = _empty((C, HID), acc, dev) if mlp.two_layer else None
-        db2 = _empty((C,), acc, dev) if has_bias and mlp.two_layer else None
-        plan.launch("channel_mlp_wgrad", channel_mlp_wgrad_kernel, (triton.cdiv(HID, blk.mlp_h), triton.cdiv(C, blk.mlp_c)),
-                    (vscr, da, dpre, hs, dw1, db1 if db1 is not None else dw1,
-                     dw2 if dw2 is not None else dw1, db2 if db2 is not None else dw1, N, C, HID),
-                    opts, num_warps=blk.mlp_warps,
+    # pass 3: every parameter gradient, summed over the batch in a fixed order
+    need_params = need_mlp or need_conv
+    if need_params:
+        dw1 = _empty((HID, C), w1.dtype, dev) if need_mlp else None
+        db1 = _empty((HID,), b1.dtype, dev) if need_mlp and has_bias else None
+        dw2 = _empty((C, HID), w2.dtype, dev) if need_mlp and mlp.two_layer else None
+        db2 = _empty((C,), (b2 if b2 is not None else b1).dtype, dev) if need_mlp and has_bias and mlp.two_layer else None
+        w_dt, b_dt = conv_grad_dtypes or (wc.dtype, None)
+        dwc = _empty((2 * K * K,), w_dt, dev) if need_conv else None
+        dbc = _empty((1,), b_dt, dev) if need_conv and b_dt is not None else None
+        n_htiles = triton.cdiv(HID, blk.mlp_h) if need_mlp else 0
+        n_ctiles = triton.cdiv(C, blk.mlp_c) if need_mlp else 1
+        some = dw1 if dw1 is not None else dwc
+        plan.launch("param_grads", channel_mlp_wgrad_kernel, (n_htiles + int(need_conv), n_ctiles),
+                    (vscr, da, dpre, hs, *(t if t is not None else some for t in (dw1, db1, dw2, db2)), pdwn,
+                     dwc if dwc is not None else some, dbc if dbc is not None else some, N, C, HID, n_htiles),
+                    dict(**mlp_opts, HAS_MLP=need_mlp, HAS_CONV=need_conv, HAS_CONV_BIAS=dbc is not None, KSIZE=K,
+                         BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, BLOCK_R=triton.next_power_of_2(NR), BLOCK_N=16),
+                    num_warps=blk.mlp_warps,
                     traffic=Traffic(4 * N * (4 * C + 3 * HID) + 4 * 2 * HID * C,
                                     4 * N * 2 * (2 * blk.mlp_h + 2 * blk.mlp_c), 4 * 2 * (2 * blk.mlp_h + 2 * blk.mlp_c),
                                     "l2"))
-        plan.env["mlp_grads"] = (dw1, db1, dw2, db2)
+        if need_mlp:
+            plan.env["mlp_grads"] = (dw1, db1, dw2, db2)
+        if need_conv:
+            plan.env["conv_grads"] = (dwc, dbc)
 
     if need_x:
         dx = _empty(x.shape, x.dtype, dev, _memory_format(layout))
         _, (s_dn, s_dc, s_dp) = layout_of(dx)
-        plan.launch("bwd_dx", bwd_dx_kernel, grid,
-                    (dy, dx, saved.a, saved.z, ds, saved.sidx, dpool, idxp, C, P, s_gn, s_gc, s_gp, s_dn, s_dc, s_dp),
-                    dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream), num_warps=blk.warps,
-                    reads=("dy",), writes=("dx",),
-                    traffic=_stream_traffic(N, C, P, es, dy_stream["BLOCK_C"], blk.stream_p, loads=1, stores=1))
+        plan.launch("bwd_dx", bwd_dx_kernel, (N * n_pb, n_csplits),
+                    (dy, dx, saved.a, saved.z, ds, saved.sidx, w1, dpre, idxp, C, P, HID, c_per_split,
+                     s_gn, s_gc, s_gp, s_dn, s_dc, s_dp),
+                    dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, POOL=mlp.pool, **dy_stream, BLOCK_H=block_h, **stages),
+                    num_warps=blk.warps, reads=("dy",), writes=("dx",),
+                    traffic=_stream_traffic(N, C, P, es, dy_stream["BLOCK_C"], blk.stream_p, loads=1, stores=1,
+                                            c_per_split=c_per_split))
         plan.env["dx"] = dx
     return plan
 
 
 def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: bool, need_conv: bool,
-                  mlp: ChannelMLP = ChannelMLP(), dz_hook=None):
+                  mlp: ChannelMLP = ChannelMLP(), dz_hook=None, **kw):
     """Fused CBAM backward (arguments as :func:`plan_backward`).
     Returns (dx or None, (dw1, db1, dw2, db2) or None, (dwc, dbc) or None, dz)."""
-    env = execute(plan_backward(dy, x, saved, w1, b1, w2, wc, need_x, need_mlp, need_conv, mlp=mlp, dz_hook=dz_hook))
+    env = execute(plan_backward(dy, x, saved, w1, b1, w2, wc, need_x, need_mlp, need_conv, mlp=mlp, dz_hook=dz_hook,
+                                **kw))
     return env["dx"], env["mlp_grads"], env["conv_grads"], env["dz"]

@@ -9,53 +9,117 @@ Shapes (N batch, C channels, P = H*W positions, K the odd conv size, NPB = cdiv(
   the channel holding each spatial max; ``z``: ``[N, P]`` the spatial gate's pre-activation
   (``sg = sigmoid(z)``; kept instead of sg so ``sg * (1 - sg)`` is ``sigmoid(z) * sigmoid(-z)``,
   free of cancellation near saturation). All small, acc dtype.
-* ``wc``: ``[2 * K * K]`` conv weight (``[max-taps, mean-taps]``), ``bc``: ``[1]`` conv bias.
+* ``wc``: ``[2 * K * K]`` conv weight (``[max-taps, mean-taps]``), ``bc``: ``[1]`` conv bias, in
+  their own dtype (upcast after loading).
 
-Every kernel here runs one program per (sample, block of BLOCK_P positions) and loops over the
-channels, so each full-size tensor is streamed once per kernel. The grid is one-dimensional,
-``N * NPB`` programs, a sample's blocks consecutive: CUDA caps a grid's second dimension at
-65535, which NPB passes from H*W = 2**21 (channels_last, 32-position blocks). The k x k conv
-reads only the ``[N, 2, P]`` map (or ``[N, P]`` dz in the backward), which stays in L1/L2.
+Every kernel here runs one program per (sample, block of BLOCK_P positions, channel chunk) and
+loops over the chunk's channels in a pipelined loop (``tl.range(num_stages=...)``), so each
+full-size tensor is streamed once per kernel. The grid is ``(N * NPB, n_csplits)``: a sample's
+position blocks on the first axis (CUDA caps the second at 65535, which NPB passes from H*W =
+2**21), the channel chunks on the second (at most 4 programs per SM's worth, so far below the
+cap). Reductions over the channels of a chunk are kept in running accumulators and reduced once
+after the loop; the chunks' partial results are merged in a fixed order by the last program of
+each position block (a ticket). The k x k conv reads only the ``[N, 2, P]`` map (or ``[N, P]``
+dz in the backward), which stays in L1/L2.
 """
 
 import triton
 import triton.language as tl
 
-from .common import first_argmax, merge_argmax, sigmoid, tile_offsets
+from .common import argmax_rows, first_argmax, merge_argmax, sigmoid, sum_rows, ticket, tile_offsets
 
 
 @triton.jit
+def _channel_gate(W2, B2, HA, A, n, o_c, m_c, C, HID, store_a,
+                  POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The channel gate's pre-activation for channels o_c of sample n: with TWO_LAYER the MLP's
+    second layer ``a = W2[o_c] @ HA[n] + b2`` (twice b2 for POOL 0: MLP(avg) + MLP(max)),
+    stored to ``A`` where ``store_a`` (an int, nonzero: store); else ``A[n, o_c]`` itself
+    (written by the first pass)."""
+    acc_ty = A.dtype.element_ty
+    if TWO_LAYER:
+        a = tl.zeros(o_c.shape, dtype=acc_ty)
+        for h0 in range(0, HID, BLOCK_H):
+            o_h = h0 + tl.arange(0, BLOCK_H)
+            m_h = o_h < HID
+            w = tl.load(W2 + o_c.to(tl.int64)[:, None] * HID + o_h[None, :], mask=m_c[:, None] & m_h[None, :],
+                        other=0.0).to(acc_ty)
+            hv = tl.load(HA + n * HID + o_h, mask=m_h, other=0.0)
+            a += tl.sum(w * hv[None, :], axis=1)
+        if HAS_BIAS:
+            b2 = tl.load(B2 + o_c, mask=m_c, other=0.0).to(acc_ty)
+            a += b2
+            if POOL == 0:
+                a += b2
+        a = tl.where(m_c, a, 0.0)  # masked channels: 0 * an infinite hidden unit is NaN
+        tl.store(A + n * C + o_c, a, mask=m_c & ((o_c * 0 + store_a) != 0))
+    else:
+        a = tl.load(A + n * C + o_c, mask=m_c, other=0.0)
+    return a
+
+
+# split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
+@triton.jit(do_not_specialize=["c_per_split", "n_csplits"])
 def spatial_pool_kernel(
-    X, CG, SMAP, SIDX,
-    C, P,
+    X, W2, B2, HA, A, SPART, SPIDX, SMAP, SIDX, CNT,
+    C, P, HID, c_per_split, n_csplits,
     s_n, s_c, s_p,
-    LAYOUT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    LAYOUT: tl.constexpr, POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
-    """smap[n, 0, p] = max_c x*cg, smap[n, 1, p] = mean_c x*cg (x*cg never stored), sidx[n, p] the
-    first channel reaching the max (a NaN wins, as in torch.max). Grid (N * NPB,)."""
+    """Forward pass 2: the channel gate (the MLP's second layer) and the spatial pools of
+    ``x * cg`` (never stored). Grid ``(N * NPB, n_csplits)``; program (n, pb, cs) covers BLOCK_P
+    positions and the channels ``[cs * c_per_split, ...)``:
+
+    * ``a = W2 @ HA[n] + b2`` for its channels (one ``[BLOCK_C, HID]`` slab of W2 per channel
+      block; the gate's pre-activation, stored to ``A`` ``[N, C]`` by the pb = 0 programs);
+    * max (first channel on ties, NaN wins, as torch.max) and sum over its channels of x * cg,
+      in running [BLOCK_C, BLOCK_P] accumulators reduced once after the loop;
+    * with several channel splits: partial rows ``SPART`` ``[N, n_csplits, 2, P]`` (max, sum) and
+      ``SPIDX`` ``[N, n_csplits, P]``; the last split of (n, pb) (a ticket on ``CNT[n * NPB + pb]``)
+      merges them in split order. Writes ``SMAP`` ``[N, 2, P]`` (max, mean) and ``SIDX``.
+    """
     acc_ty = SMAP.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
     pid = tl.program_id(0)
     n = (pid // n_pb).to(tl.int64)
     pb = pid % n_pb
+    cs = tl.program_id(1)
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
-    b_sum = tl.zeros([BLOCK_P], dtype=acc_ty)
-    b_max = tl.full([BLOCK_P], float("-inf"), dtype=acc_ty)
-    b_idx = tl.full([BLOCK_P], 2147483647, dtype=tl.int32)
-    for c0 in range(0, C, BLOCK_C):
+    c_start = cs * c_per_split
+    c_end = tl.minimum(c_start + c_per_split, C)
+    acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_ty)
+    acc_max = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=acc_ty)
+    acc_idx = tl.full([BLOCK_C, BLOCK_P], 1073741823, dtype=tl.int32)  # RUNNING_SENTINEL
+    for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=NUM_STAGES):
         o_c = c0 + tl.arange(0, BLOCK_C)
-        m_c = o_c < C
+        m_c = o_c < c_end
         m = m_c[:, None] & m_p[None, :]
         v = tl.load(X + tile_offsets(n, o_c, o_p, s_n, s_c, s_p, LAYOUT), mask=m, other=0.0).to(acc_ty)
-        cg = tl.load(CG + n * C + o_c, mask=m_c, other=0.0)
-        v = v * cg[:, None]
-        b_sum += tl.sum(v, axis=0)
-        t_max, t_idx = first_argmax(tl.where(m, v, float("-inf")), o_c[:, None], 0)
-        b_max, b_idx = merge_argmax(b_max, b_idx, t_max, t_idx)
-    tl.store(SMAP + (n * 2) * P + o_p, b_max, mask=m_p)
-    tl.store(SMAP + (n * 2 + 1) * P + o_p, b_sum / C, mask=m_p)
-    tl.store(SIDX + n * P + o_p, b_idx, mask=m_p)
+        a = _channel_gate(W2, B2, HA, A, n, o_c, m_c, C, HID, (pb == 0).to(tl.int32), POOL, TWO_LAYER, HAS_BIAS, BLOCK_H)
+        v = v * sigmoid(a)[:, None]
+        acc_sum += v
+        acc_max, acc_idx = merge_argmax(acc_max, acc_idx, tl.where(m, v, float("-inf")),
+                                        tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.int32) + o_c[:, None])
+    b_max, b_idx = first_argmax(acc_max, acc_idx, 0)
+    b_sum = tl.sum(acc_sum, axis=0)
+    last = n_csplits == 1
+    if n_csplits > 1:
+        o_row = (n * n_csplits + cs) * P + o_p
+        tl.store(SPART + (n * n_csplits + cs) * 2 * P + o_p, b_max, mask=m_p)
+        tl.store(SPART + (n * n_csplits + cs) * 2 * P + P + o_p, b_sum, mask=m_p)
+        tl.store(SPIDX + o_row, b_idx, mask=m_p)
+        last = ticket(CNT, n * n_pb + pb, n_csplits)
+    if last:
+        if n_csplits > 1:  # every split's partial rows, in split order
+            row0 = n * n_csplits
+            b_sum = sum_rows(SPART + P, row0, n_csplits, 2 * P, o_p, m_p, BLOCK_S)
+            b_max, b_idx = argmax_rows(SPART, SPIDX, row0, n_csplits, 2 * P, P, o_p, m_p, BLOCK_S)
+        tl.store(SMAP + (n * 2) * P + o_p, b_max, mask=m_p)
+        tl.store(SMAP + (n * 2 + 1) * P + o_p, b_sum / C, mask=m_p)
+        tl.store(SIDX + n * P + o_p, b_idx, mask=m_p)
 
 
 @triton.jit
@@ -80,13 +144,13 @@ def _tap_row(o_p, m_p, H, W, kh, KSIZE: tl.constexpr, SIGN: tl.constexpr):
 def _conv_same(MAP, WC, n, o_p, m_p, P, H, W, KSIZE: tl.constexpr, TRANSPOSE: tl.constexpr):
     """The 2->1 'same' k x k correlation of ``MAP`` ([N, 2, P]) at positions o_p, or, with
     TRANSPOSE, its adjoint 1->2 applied to ``MAP`` ([N, P]): returns (channel-0, channel-1)."""
-    acc_ty = WC.dtype.element_ty
+    acc_ty = MAP.dtype.element_ty
     out0 = tl.zeros(o_p.shape, dtype=acc_ty)
     out1 = tl.zeros(o_p.shape, dtype=acc_ty)
     for kh in tl.static_range(KSIZE):
         o_kw, m_kw, o_q, m_q = _tap_row(o_p, m_p, H, W, kh, KSIZE, -1 if TRANSPOSE else 1)
-        w0 = tl.load(WC + kh * KSIZE + o_kw, mask=m_kw, other=0.0)
-        w1 = tl.load(WC + KSIZE * KSIZE + kh * KSIZE + o_kw, mask=m_kw, other=0.0)
+        w0 = tl.load(WC + kh * KSIZE + o_kw, mask=m_kw, other=0.0).to(acc_ty)
+        w1 = tl.load(WC + KSIZE * KSIZE + kh * KSIZE + o_kw, mask=m_kw, other=0.0).to(acc_ty)
         if TRANSPOSE:
             d = tl.load(MAP + n * P + o_q, mask=m_q, other=0.0)
             out0 += tl.sum(d * w0[None, :], axis=1)
@@ -97,24 +161,29 @@ def _conv_same(MAP, WC, n, o_p, m_p, P, H, W, KSIZE: tl.constexpr, TRANSPOSE: tl
     return out0, out1
 
 
-@triton.jit
+# split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
+@triton.jit(do_not_specialize=["c_per_split", "H", "W"])
 def spatial_gate_kernel(
-    X, Y, CG, SMAP, WC, BC, Z,
-    C, P, H, W,
+    X, Y, A, SMAP, WC, BC, Z,
+    C, P, H, W, c_per_split,
     s_xn, s_xc, s_xp, s_yn, s_yc, s_yp,
     LAYOUT: tl.constexpr, KSIZE: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, PRE_ACT: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    """z = conv(smap) + bc, stored; y = x * cg * sigmoid(z). Grid (N * NPB,).
+    """Forward pass 3: z = conv(smap) + bc (stored by the first channel split), y = x * cg * sigmoid(z)
+    with ``cg = sigmoid(A)``. Grid ``(N * NPB, n_csplits)``: program (n, pb, cs) covers BLOCK_P
+    positions and the channels ``[cs * c_per_split, ...)`` (the k x k conv of the small map is
+    recomputed per split, from L2).
 
     With PRE_ACT, ``SMAP`` is instead the ``[N, P]`` pre-activation (conv and training-mode
     BatchNorm already applied by the caller): ``sg = sigmoid(SMAP)``; WC, BC, KSIZE unused.
     """
-    acc_ty = SMAP.dtype.element_ty
+    acc_ty = A.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
     pid = tl.program_id(0)
     n = (pid // n_pb).to(tl.int64)
     pb = pid % n_pb
+    cs = tl.program_id(1)
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     if PRE_ACT:
@@ -123,75 +192,194 @@ def spatial_gate_kernel(
         z0, z1 = _conv_same(SMAP, WC, n, o_p, m_p, P, H, W, KSIZE, False)
         z = z0 + z1
         if HAS_CONV_BIAS:
-            z += tl.load(BC)
-    tl.store(Z + n * P + o_p, z, mask=m_p)  # N*P floats: kept for backward, cheap in inference
+            z += tl.load(BC).to(acc_ty)
+    tl.store(Z + n * P + o_p, z, mask=m_p & ((o_p * 0 + cs) == 0))  # N*P floats: kept for backward, cheap in inference
     sg = sigmoid(z)
-    for c0 in range(0, C, BLOCK_C):
+    c_start = cs * c_per_split
+    c_end = tl.minimum(c_start + c_per_split, C)
+    for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=NUM_STAGES):
         o_c = c0 + tl.arange(0, BLOCK_C)
-        m_c = o_c < C
+        m_c = o_c < c_end
         m = m_c[:, None] & m_p[None, :]
         v = tl.load(X + tile_offsets(n, o_c, o_p, s_xn, s_xc, s_xp, LAYOUT), mask=m, other=0.0).to(acc_ty)
-        cg = tl.load(CG + n * C + o_c, mask=m_c, other=0.0)
+        cg = sigmoid(tl.load(A + n * C + o_c, mask=m_c, other=0.0))
         out = (v * cg[:, None]) * sg[None, :]
         tl.store(Y + tile_offsets(n, o_c, o_p, s_yn, s_yc, s_yp, LAYOUT), out.to(Y.dtype.element_ty), mask=m)
 
 
-@triton.jit
+# split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
+@triton.jit(do_not_specialize=["c_per_split", "n_csplits"])
 def bwd_reduce_kernel(
-    X, DY, A, Z, DZ, PSUM, PMAX, PIDX, PDCG,
-    C, P,
+    X, DY, A, Z, DZ, DZPART, PSUM, PMAX, PIDX, PDCG, CNT,
+    C, P, c_per_split, n_csplits,
     s_xn, s_xc, s_xp, s_gn, s_gc, s_gp,
     X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_S: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    """Backward pass 1 (reads x and dy). Grid (N * NPB,); per program:
+    """Backward pass 1 (reads x and dy). Grid ``(N * NPB, n_csplits)``; program (n, pb, cs), its
+    BLOCK_P positions and channel chunk:
 
-    * ``dz[n, p] = sg (1 - sg) sum_c dy * x * cg`` (dL/dz);
     * ``pdcg[n, pb, c] = sum_{p in block} dy * x * sg`` (first term of dL/dcg);
-    * the channel-pool partials of x over the block (``[N, NPB, C]``), recomputed here instead of
-      being saved by the forward, so nothing of size N*C besides the gate is kept.
+    * the channel-pool partials of x over the block (``[N, NPB, C]`` sum, max, first argmax),
+      recomputed here instead of being saved by the forward;
+    * ``dz[n, p] = sg (1 - sg) sum_c dy * x * cg`` (dL/dz): a running [BLOCK_C, BLOCK_P]
+      accumulator, reduced after the loop; with several channel splits, partial rows
+      ``DZPART`` ``[N, n_csplits, P]`` merged in split order by the last split (ticket on
+      ``CNT[n * NPB + pb]``).
     """
     acc_ty = Z.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
     pid = tl.program_id(0)
     n = (pid // n_pb).to(tl.int64)
     pb = pid % n_pb
+    cs = tl.program_id(1)
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     z = tl.load(Z + n * P + o_p, mask=m_p, other=0.0)
     sg = sigmoid(z)
-    dsg = tl.zeros([BLOCK_P], dtype=acc_ty)
-    for c0 in range(0, C, BLOCK_C):
+    acc_dsg = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_ty)
+    c_start = cs * c_per_split
+    c_end = tl.minimum(c_start + c_per_split, C)
+    for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=NUM_STAGES):
         o_c = c0 + tl.arange(0, BLOCK_C)
-        m_c = o_c < C
+        m_c = o_c < c_end
         m = m_c[:, None] & m_p[None, :]
         v = tl.load(X + tile_offsets(n, o_c, o_p, s_xn, s_xc, s_xp, X_LAYOUT), mask=m, other=0.0).to(acc_ty)
         g = tl.load(DY + tile_offsets(n, o_c, o_p, s_gn, s_gc, s_gp, DY_LAYOUT), mask=m, other=0.0).to(acc_ty)
         cg = sigmoid(tl.load(A + n * C + o_c, mask=m_c, other=0.0))
         gv = g * v
-        dsg += tl.sum(gv * cg[:, None], axis=0)
+        acc_dsg += gv * cg[:, None]
         o_part = (n * n_pb + pb) * C + o_c
         tl.store(PDCG + o_part, tl.sum(gv * sg[None, :], axis=1), mask=m_c)
         tl.store(PSUM + o_part, tl.sum(v, axis=1), mask=m_c)
         t_max, t_idx = first_argmax(tl.where(m, v, float("-inf")), o_p[None, :], 1)
         tl.store(PMAX + o_part, t_max, mask=m_c)
         tl.store(PIDX + o_part, t_idx, mask=m_c)
-    tl.store(DZ + n * P + o_p, dsg * sg * sigmoid(-z), mask=m_p)
+    dsg = tl.sum(acc_dsg, axis=0)
+    last = n_csplits == 1
+    if n_csplits > 1:
+        tl.store(DZPART + (n * n_csplits + cs) * P + o_p, dsg, mask=m_p)
+        last = ticket(CNT, n * n_pb + pb, n_csplits)
+    if last:
+        if n_csplits > 1:
+            dsg = sum_rows(DZPART, n * n_csplits, n_csplits, P, o_p, m_p, BLOCK_S)
+        tl.store(DZ + n * P + o_p, dsg * sg * sigmoid(-z), mask=m_p)
 
 
 @triton.jit
-def bwd_spatial_kernel(
-    X, DZ, SMAP, SIDX, WC, PDCG, DS, PDW,
-    C, P, H, W,
-    s_xn, s_xc, s_xp,
-    X_LAYOUT: tl.constexpr, KSIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-):
-    """Backward pass 2 (reads x). Grid (N * NPB,); per program:
+def _mlp_backward_chunk(PDCG, PSUM, PMAX, PIDX, A, W1, W2, VSCR, DA, IDXP, DPRE, DHP, PREP,
+                        n, cs, n_pb, C, P, HID, n_csplits, c_start, c_end,
+                        POOL: tl.constexpr, TWO_LAYER: tl.constexpr,
+                        BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The channel MLP's backward for sample n's channels ``[c_start, c_end)``, once every
+    position block's partials are in: the pooled vectors (fixed order over the blocks) and
+    argmax, ``dL/da = dL/dcg * cg * (1 - cg)``, and the chunk's partial products for the
+    first layer's pre-activations ``W1[:, chunk] @ v_j`` and for ``dL/dh = W2[chunk]^T dL/da``.
+    A single layer's ``dL/d(first-layer output)`` is dL/da itself (written to DPRE here)."""
+    acc_ty = DA.dtype.element_ty
+    for c0 in range(c_start, c_end, BLOCK_C):
+        o_c = c0 + tl.arange(0, BLOCK_C)
+        m_c = o_c < c_end
+        row0 = n * n_pb
+        dcg = sum_rows(PDCG, row0, n_pb, C, o_c, m_c, BLOCK_S)
+        v_sum = sum_rows(PSUM, row0, n_pb, C, o_c, m_c, BLOCK_S)
+        v_max, v_idx = argmax_rows(PMAX, PIDX, row0, n_pb, C, C, o_c, m_c, BLOCK_S)
+        v0 = v_sum / P
+        v1 = tl.where(m_c, v_max, 0.0)
+        if POOL == 2:
+            v0 = 0.5 * v0 + 0.5 * v1
+        a = tl.load(A + n * C + o_c, mask=m_c, other=0.0)
+        da = dcg * sigmoid(a) * sigmoid(-a)
+        tl.store(VSCR + (n * 2) * C + o_c, v0, mask=m_c)
+        tl.store(VSCR + (n * 2 + 1) * C + o_c, v1, mask=m_c)
+        tl.store(IDXP + n * C + o_c, v_idx, mask=m_c)
+        tl.store(DA + n * C + o_c, da, mask=m_c)
+        if not TWO_LAYER:
+            tl.store(DPRE + (n * 2) * C + o_c, da, mask=m_c)
+            if POOL == 0:
+                tl.store(DPRE + (n * 2 + 1) * C + o_c, da, mask=m_c)
+            else:
+                tl.store(DPRE + (n * 2 + 1) * C + o_c, tl.zeros([BLOCK_C], dtype=acc_ty), mask=m_c)
+    if TWO_LAYER:
+        tl.debug_barrier()  # this program's rows above, read back below by other threads
+        for h0 in range(0, HID, BLOCK_H):
+            o_h = h0 + tl.arange(0, BLOCK_H)
+            m_h = o_h < HID
+            dh = tl.zeros([BLOCK_H], dtype=acc_ty)
+            pre0 = tl.zeros([BLOCK_H], dtype=acc_ty)
+            pre1 = tl.zeros([BLOCK_H], dtype=acc_ty)
+            for c0 in range(c_start, c_end, BLOCK_C):
+                o_c = c0 + tl.arange(0, BLOCK_C)
+                m_c = o_c < c_end
+                m_hc = m_h[:, None] & m_c[None, :]
+                w1 = tl.load(W1 + o_h.to(tl.int64)[:, None] * C + o_c[None, :], mask=m_hc, other=0.0).to(acc_ty)
+                w2 = tl.load(W2 + o_c.to(tl.int64)[None, :] * HID + o_h[:, None], mask=m_hc, other=0.0).to(acc_ty)
+                da = tl.load(DA + n * C + o_c, mask=m_c, other=0.0)
+                v0 = tl.load(VSCR + (n * 2) * C + o_c, mask=m_c, other=0.0)
+                dh += tl.sum(w2 * da[None, :], axis=1)
+                pre0 += tl.sum(w1 * v0[None, :], axis=1)
+                if POOL == 0:
+                    v1 = tl.load(VSCR + (n * 2 + 1) * C + o_c, mask=m_c, other=0.0)
+                    pre1 += tl.sum(w1 * v1[None, :], axis=1)
+            o_part = n * n_csplits + cs
+            tl.store(DHP + o_part * HID + o_h, dh, mask=m_h)
+            tl.store(PREP + o_part * 2 * HID + o_h, pre0, mask=m_h)
+            tl.store(PREP + o_part * 2 * HID + HID + o_h, pre1, mask=m_h)
 
-    * ``ds[n, 0, p]`` = dL/d max-map, ``ds[n, 1, p]`` = dL/d mean-map / C (transpose conv of dz);
-    * ``pdw[n * NPB + pb, :]``: this block's share of the conv weight gradient
-      (``2 * K * K`` taps) and, in the last slot, of the conv bias gradient;
-    * ``pdcg[n, pb, c] += sum_{p in block} x * (ds_mean / C + [c == sidx] ds_max)``, completing the
-      block's partial of dL/dcg (dL/d(x*cg) times x).
+
+@triton.jit
+def _mlp_backward_sample(B1, DHP, PREP, DPRE, HS, n, HID, n_csplits,
+                         POOL: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Sample n's hidden layer, once every channel chunk's partial products are in (fixed order):
+    ``dL/d(first-layer output)`` through the ReLUs (recomputed pre-activations; the gradient
+    passes where pre > 0 or pre is NaN, as torch's threshold_backward) and the summed hidden
+    activation (NaN kept, as torch.relu)."""
+    acc_ty = DPRE.dtype.element_ty
+    for h0 in range(0, HID, BLOCK_H):
+        o_h = h0 + tl.arange(0, BLOCK_H)
+        m_h = o_h < HID
+        row0 = n * n_csplits
+        dh = sum_rows(DHP, row0, n_csplits, HID, o_h, m_h, BLOCK_S)
+        pre0 = sum_rows(PREP, row0, n_csplits, 2 * HID, o_h, m_h, BLOCK_S)
+        pre1 = sum_rows(PREP + HID, row0, n_csplits, 2 * HID, o_h, m_h, BLOCK_S)
+        if HAS_BIAS:
+            b1 = tl.load(B1 + o_h, mask=m_h, other=0.0).to(acc_ty)
+            pre0 += b1
+            pre1 += b1
+        dp0 = tl.where(pre0 <= 0.0, 0.0, dh)
+        hs = tl.where(pre0 < 0.0, 0.0, pre0)
+        dp1 = tl.zeros([BLOCK_H], dtype=acc_ty)
+        if POOL == 0:
+            dp1 = tl.where(pre1 <= 0.0, 0.0, dh)
+            hs += tl.where(pre1 < 0.0, 0.0, pre1)
+        tl.store(DPRE + (n * 2) * HID + o_h, dp0, mask=m_h)
+        tl.store(DPRE + (n * 2 + 1) * HID + o_h, dp1, mask=m_h)
+        tl.store(HS + n * HID + o_h, hs, mask=m_h)
+
+
+# split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
+@triton.jit(do_not_specialize=["c_per_split", "n_csplits", "cnt_b", "H", "W"])
+def bwd_spatial_kernel(
+    X, DZ, SMAP, SIDX, WC, PDCG, DS, PDW, PDWN,
+    PSUM, PMAX, PIDX, A, W1, B1, W2, VSCR, DA, IDXP, DHP, PREP, DPRE, HS, CNT,
+    C, P, H, W, HID, c_per_split, n_csplits, cnt_b,
+    s_xn, s_xc, s_xp,
+    X_LAYOUT: tl.constexpr, KSIZE: tl.constexpr, POOL: tl.constexpr, TWO_LAYER: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, NUM_STAGES: tl.constexpr,
+):
+    """Backward pass 2 (reads x) and the channel MLP's backward. Grid ``(N * NPB, n_csplits)``;
+    program (n, pb, cs):
+
+    * ``ds[n, 0, p]`` = dL/d max-map, ``ds[n, 1, p]`` = dL/d mean-map / C (transpose conv of dz;
+      stored by the first split), and (first split) this block's share of the conv weight and
+      bias gradient, ``pdw[n * NPB + pb, :]`` (``2 * K * K`` taps, then the bias);
+    * ``pdcg[n, pb, c] += sum_{p in block} x * (ds_mean / C + [c == sidx] ds_max)`` for its
+      channels, completing the block's partial of dL/dcg;
+    * the last block of (n, cs) (ticket on ``CNT[n * n_csplits + cs]``) runs the MLP backward of
+      its channel chunk (:func:`_mlp_backward_chunk`) and, for the first split, sums sample n's
+      conv-gradient rows into ``PDWN[n]``; the last chunk of sample n (ticket on
+      ``CNT[cnt_b + n]``) finishes its hidden layer (:func:`_mlp_backward_sample`).
     """
     acc_ty = SMAP.dtype.element_ty
     KK: tl.constexpr = KSIZE * KSIZE
@@ -199,28 +387,31 @@ def bwd_spatial_kernel(
     pid = tl.program_id(0)
     n = (pid // n_pb).to(tl.int64)
     pb = pid % n_pb
+    cs = tl.program_id(1)
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     dz = tl.load(DZ + n * P + o_p, mask=m_p, other=0.0)
     ds_max, ds_mean = _conv_same(DZ, WC, n, o_p, m_p, P, H, W, KSIZE, True)
     ds_mean = ds_mean / C
-    tl.store(DS + (n * 2) * P + o_p, ds_max, mask=m_p)
-    tl.store(DS + (n * 2 + 1) * P + o_p, ds_mean, mask=m_p)
-
-    # conv weight and bias gradient, this block's share
-    o_row = (n * n_pb + pb) * (2 * KK + 1)
-    for kh in tl.static_range(KSIZE):
-        o_kw, m_kw, o_q, m_q = _tap_row(o_p, m_p, H, W, kh, KSIZE, 1)
-        s_max = tl.load(SMAP + (n * 2) * P + o_q, mask=m_q, other=0.0)
-        tl.store(PDW + o_row + kh * KSIZE + o_kw, tl.sum(s_max * dz[:, None], axis=0), mask=m_kw)
-        s_mean = tl.load(SMAP + (n * 2 + 1) * P + o_q, mask=m_q, other=0.0)
-        tl.store(PDW + o_row + KK + kh * KSIZE + o_kw, tl.sum(s_mean * dz[:, None], axis=0), mask=m_kw)
-    tl.store(PDW + o_row + 2 * KK, tl.sum(dz, axis=0))
+    first = (o_p * 0 + cs) == 0
+    tl.store(DS + (n * 2) * P + o_p, ds_max, mask=m_p & first)
+    tl.store(DS + (n * 2 + 1) * P + o_p, ds_mean, mask=m_p & first)
+    if cs == 0:  # conv weight and bias gradient, this block's share
+        o_row = (n * n_pb + pb) * (2 * KK + 1)
+        for kh in tl.static_range(KSIZE):
+            o_kw, m_kw, o_q, m_q = _tap_row(o_p, m_p, H, W, kh, KSIZE, 1)
+            s_max = tl.load(SMAP + (n * 2) * P + o_q, mask=m_q, other=0.0)
+            tl.store(PDW + o_row + kh * KSIZE + o_kw, tl.sum(s_max * dz[:, None], axis=0), mask=m_kw)
+            s_mean = tl.load(SMAP + (n * 2 + 1) * P + o_q, mask=m_q, other=0.0)
+            tl.store(PDW + o_row + KK + kh * KSIZE + o_kw, tl.sum(s_mean * dz[:, None], axis=0), mask=m_kw)
+        tl.store(PDW + o_row + 2 * KK, tl.sum(dz, axis=0))
 
     sidx = tl.load(SIDX + n * P + o_p, mask=m_p, other=-1)
-    for c0 in range(0, C, BLOCK_C):
+    c_start = cs * c_per_split
+    c_end = tl.minimum(c_start + c_per_split, C)
+    for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=NUM_STAGES):
         o_c = c0 + tl.arange(0, BLOCK_C)
-        m_c = o_c < C
+        m_c = o_c < c_end
         m = m_c[:, None] & m_p[None, :]
         v = tl.load(X + tile_offsets(n, o_c, o_p, s_xn, s_xc, s_xp, X_LAYOUT), mask=m, other=0.0).to(acc_ty)
         coef = ds_mean[None, :] + tl.where(o_c[:, None] == sidx[None, :], ds_max[None, :], 0.0)
@@ -228,40 +419,76 @@ def bwd_spatial_kernel(
         part = tl.load(PDCG + o_part, mask=m_c, other=0.0)
         tl.store(PDCG + o_part, part + tl.sum(v * coef, axis=1), mask=m_c)
 
+    if ticket(CNT, n * n_csplits + cs, n_pb):
+        if cs == 0:  # sample n's conv-gradient rows, in block order
+            NR: tl.constexpr = 2 * KK + 1
+            o_r = tl.arange(0, BLOCK_R)
+            acc_w = sum_rows(PDW, n * n_pb, n_pb, NR, o_r, o_r < NR, BLOCK_S)
+            tl.store(PDWN + n * NR + o_r, acc_w, mask=o_r < NR)
+        _mlp_backward_chunk(PDCG, PSUM, PMAX, PIDX, A, W1, W2, VSCR, DA, IDXP, DPRE, DHP, PREP,
+                            n, cs, n_pb, C, P, HID, n_csplits, c_start, c_end,
+                            POOL, TWO_LAYER, BLOCK_C, BLOCK_S, BLOCK_H)
+        if TWO_LAYER:
+            if ticket(CNT, cnt_b + n, n_csplits):
+                _mlp_backward_sample(B1, DHP, PREP, DPRE, HS, n, HID, n_csplits, POOL, HAS_BIAS, BLOCK_H, BLOCK_S)
 
-@triton.jit
+
+# split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
+@triton.jit(do_not_specialize=["c_per_split"])
 def bwd_dx_kernel(
-    DY, DX, A, Z, DS, SIDX, DPOOL, IDXP,
-    C, P,
+    DY, DX, A, Z, DS, SIDX, W1, DPRE, IDXP,
+    C, P, HID, c_per_split,
     s_gn, s_gc, s_gp, s_dn, s_dc, s_dp,
-    X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, POOL: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    """Backward pass 3 (reads dy, writes dx; x itself is not needed). Grid (N * NPB,).
+    """Backward pass 3 (reads dy, writes dx; x itself is not needed). Grid ``(N * NPB, n_csplits)``.
 
-    ``dx = (dy sg + ds_mean/C + [c == sidx] ds_max) cg + davg/P + [p == argmax_p] dmax``:
-    every term other than dy comes from small saved or pass-2 tensors. dx is allocated in x's
-    memory format, so its layout is ``X_LAYOUT``.
+    ``dx = (dy sg + ds_mean/C + [c == sidx] ds_max) cg + davg/P + [p == argmax_p] dmax``, where
+    the pooled vectors' gradients come through the first layer, ``dv_j = W1^T dL/dpre_j`` (one
+    ``[HID, BLOCK_C]`` slab of W1 per channel tile); every other term from small saved or
+    pass-2 tensors. dx is allocated in x's memory format, so its layout is ``X_LAYOUT``.
     """
     acc_ty = Z.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
     pid = tl.program_id(0)
     n = (pid // n_pb).to(tl.int64)
     pb = pid % n_pb
+    cs = tl.program_id(1)
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     sg = sigmoid(tl.load(Z + n * P + o_p, mask=m_p, other=0.0))
     ds_max = tl.load(DS + (n * 2) * P + o_p, mask=m_p, other=0.0)
     ds_mean = tl.load(DS + (n * 2 + 1) * P + o_p, mask=m_p, other=0.0)
     sidx = tl.load(SIDX + n * P + o_p, mask=m_p, other=-1)
-    for c0 in range(0, C, BLOCK_C):
+    c_start = cs * c_per_split
+    c_end = tl.minimum(c_start + c_per_split, C)
+    for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=NUM_STAGES):
         o_c = c0 + tl.arange(0, BLOCK_C)
-        m_c = o_c < C
+        m_c = o_c < c_end
         m = m_c[:, None] & m_p[None, :]
         g = tl.load(DY + tile_offsets(n, o_c, o_p, s_gn, s_gc, s_gp, DY_LAYOUT), mask=m, other=0.0).to(acc_ty)
         cg = sigmoid(tl.load(A + n * C + o_c, mask=m_c, other=0.0))
-        d_avg = tl.load(DPOOL + (n * 2) * C + o_c, mask=m_c, other=0.0)
-        d_max = tl.load(DPOOL + (n * 2 + 1) * C + o_c, mask=m_c, other=0.0)
+        d_v0 = tl.zeros([BLOCK_C], dtype=acc_ty)
+        d_v1 = tl.zeros([BLOCK_C], dtype=acc_ty)
+        for h0 in range(0, HID, BLOCK_H):
+            o_h = h0 + tl.arange(0, BLOCK_H)
+            m_h = o_h < HID
+            w1 = tl.load(W1 + o_h.to(tl.int64)[:, None] * C + o_c[None, :], mask=m_h[:, None] & m_c[None, :],
+                         other=0.0).to(acc_ty)
+            d_v0 += tl.sum(w1 * tl.load(DPRE + (n * 2) * HID + o_h, mask=m_h, other=0.0)[:, None], axis=0)
+            if POOL == 0:
+                d_v1 += tl.sum(w1 * tl.load(DPRE + (n * 2 + 1) * HID + o_h, mask=m_h, other=0.0)[:, None], axis=0)
+        if POOL == 0:
+            d_avg = d_v0
+            d_max = d_v1
+        elif POOL == 1:
+            d_avg = d_v0
+            d_max = tl.zeros([BLOCK_C], dtype=acc_ty)
+        else:
+            d_avg = 0.5 * d_v0
+            d_max = 0.5 * d_v0
         idxp = tl.load(IDXP + n * C + o_c, mask=m_c, other=-1)
         dx1 = g * sg[None, :] + ds_mean[None, :] + tl.where(o_c[:, None] == sidx[None, :], ds_max[None, :], 0.0)
-        dx = dx1 * cg[:, None] + d_avg[:, None] + tl.where(o_p[None, :] == idxp[:, None], d_max[:, None], 0.0)
+        dx = dx1 * cg[:, None] + (d_avg / P)[:, None] + tl.where(o_p[None, :] == idxp[:, None], d_max[:, None], 0.0)
         tl.store(DX + tile_offsets(n, o_c, o_p, s_dn, s_dc, s_dp, X_LAYOUT), dx.to(DX.dtype.element_ty), mask=m)

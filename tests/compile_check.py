@@ -11,7 +11,14 @@ and pointers) for each architecture, deduplicated, compiled with ``triton.compil
 with ``cuobjdump`` (registers, STACK/LOCAL spills). Run WITHOUT TRITON_INTERPRET
 (tests/test_compile.py runs it in a subprocess, once per Triton version).
 
-Usage: python tests/compile_check.py [--jobs N] [--arch 80 --arch 90] [--quick]
+Usage: python tests/compile_check.py [--jobs N] [--arch 80 --arch 90] [--set ci|bf16|full]
+
+Sets: ``full`` every benchmark call (bf16, fp16, fp32; default and timm train/eval) and every
+coverage call; ``ci`` (the default, what CI runs with the venv's Triton) the bf16 benchmark calls,
+fp16/fp32 at the last stage and one call of each other path (:func:`benchmarks.launched.ci_calls`);
+``bf16`` the bf16 benchmark calls (what CI runs with the GPU machine's Triton 3.6). Each distinct
+specialisation costs about a CPU-second per build, so the sets keep CI within its time budget;
+benchmarks/NOTES.md records the last ``full`` run.
 Prints one line per compiled specialisation and exits 1 if any fails to compile or spills.
 """
 
@@ -60,7 +67,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--arch", type=int, action="append")
-    parser.add_argument("--quick", action="store_true", help="bf16 benchmark cases only, no coverage cases")
+    parser.add_argument("--set", dest="which", choices=("ci", "bf16", "full"), default="ci")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("compile_check: unset TRITON_INTERPRET (the interpreter does not compile)")
@@ -70,8 +77,8 @@ def main(argv=None):
 
     print(f"compile_check: triton {triton.__version__} from {os.path.dirname(triton.__file__)}", flush=True)
     archs = tuple(args.arch or [80, 90])
-    calls = launched.benchmark_calls(dtypes=("bf16",)) if args.quick else \
-        launched.benchmark_calls() + launched.coverage_calls()
+    calls = {"bf16": lambda: launched.benchmark_calls(dtypes=("bf16",)), "ci": launched.ci_calls,
+             "full": lambda: launched.benchmark_calls() + launched.coverage_calls()}[args.which]()
     specs, kernels = {}, set()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for _call_id, found in pool.map(_specs_of, [(c, archs) for c in calls], chunksize=4):

@@ -32,7 +32,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import cbam_fast
 from cbam_fast import reference
 from cbam_fast.kernels import launch
-from cbam_fast.kernels.channel import channel_mlp_bwd_kernel, channel_pool_kernel
 from cbam_fast.kernels.common import LAYOUT_CCONTIG, LAYOUT_PCONTIG
 from cbam_fast.kernels.spatial import spatial_pool_kernel
 from utils import (
@@ -41,7 +40,7 @@ from utils import (
 )
 
 KERNELS = sorted(name for name in dir(launch) if name.endswith("_kernel"))
-FORWARD_KERNELS = {"channel_pool_kernel", "channel_mlp_fwd_kernel", "spatial_pool_kernel", "spatial_gate_kernel"}
+FORWARD_KERNELS = {"channel_pool_kernel", "spatial_pool_kernel", "spatial_gate_kernel"}
 NAN, INF = float("nan"), float("inf")
 
 
@@ -253,15 +252,26 @@ def _max_pool_case(N, C, P, along, layout, device):
 @pytest.mark.filterwarnings("ignore:All-NaN slice encountered")  # the interpreter's numpy max
 @pytest.mark.parametrize("layout", [LAYOUT_PCONTIG, LAYOUT_CCONTIG], ids=["nchw", "channels_last"])
 def test_spatial_max_pool_follows_torch_max(device, layout):
-    """spatial_pool_kernel (max over C of x * cg, several channel blocks): NaN wins, first index."""
+    """spatial_pool_kernel (max over C of x * cg, several channel tiles per program and three
+    channel splits merged by the last program's ticket): NaN wins, first index."""
     N, C, P = 2, 70, 12
     blk, x, xk = _max_pool_case(N, C, P, 1, layout, device)
-    smap = torch.full((N, 2, P), NAN, device=device)
-    sidx = torch.full((N, P), -1, dtype=torch.int32, device=device)
-    spatial_pool_kernel[launch.stream_grid(N, P, blk)](
-        xk, torch.ones(N, C, device=device), smap, sidx, C, P, *xk.stride(),
-        LAYOUT=layout, BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, num_warps=blk.warps,
+    dev = dict(device=device)
+    smap = torch.full((N, 2, P), NAN, **dev)
+    sidx = torch.full((N, P), -1, dtype=torch.int32, **dev)
+    block_c, c_per_split = 16, 32  # two channel tiles per program, three splits
+    n_cs = triton_cdiv(C, c_per_split)
+    n_pb = triton_cdiv(P, blk.stream_p)
+    spart = torch.full((N, n_cs, 2, P), NAN, **dev)
+    spidx = torch.full((N, n_cs, P), -1, dtype=torch.int32, **dev)
+    a = torch.full((N, C), INF, **dev)  # cg = sigmoid(inf) = 1: the pools of x itself
+    cnt = torch.zeros(N * n_pb, dtype=torch.int32, **dev)
+    spatial_pool_kernel[(N * n_pb, n_cs)](
+        xk, a, a, a, a, spart, spidx, smap, sidx, cnt, C, P, C, c_per_split, n_cs, *xk.stride(),
+        LAYOUT=layout, POOL=1, TWO_LAYER=False, HAS_BIAS=False, BLOCK_C=block_c, BLOCK_P=blk.stream_p,
+        BLOCK_H=16, BLOCK_S=2, NUM_STAGES=launch.NUM_STAGES, num_warps=blk.warps,
     )
+    assert n_cs == 3 and torch.equal(cnt, torch.zeros_like(cnt)), "the ticket counters must end at zero"
     values, indices = _max_cases(x.cpu(), 1)
     smap, sidx = smap.cpu(), sidx.cpu()
     torch.testing.assert_close(smap[:, 0], values, equal_nan=True, rtol=0, atol=0)
@@ -271,30 +281,26 @@ def test_spatial_max_pool_follows_torch_max(device, layout):
 @pytest.mark.filterwarnings("ignore:All-NaN slice encountered")  # the interpreter's numpy max
 @pytest.mark.parametrize("layout", [LAYOUT_PCONTIG, LAYOUT_CCONTIG], ids=["nchw", "channels_last"])
 def test_channel_max_pool_follows_torch_max(device, layout):
-    """channel_pool_kernel (tiles within a split) and the fixed-order merge of the splits in the
-    MLP backward kernel: NaN wins, first index, as torch.max(dim)."""
+    """The backward's channel max pool: bwd_reduce_kernel's per-position-block partials and their
+    fixed-order merge by the last block's ticket in bwd_spatial_kernel (the pooled max and its
+    index, read from the plan's buffers): NaN wins, first index, as torch.max(dim)."""
     N, C, P = 2, 9, 300
-    blk, x, xk = _max_pool_case(N, C, P, 2, layout, device)
-    p_per_split = 2 * blk.pool_p  # several splits of several tiles, the last one partial
-    S = triton_cdiv(P, p_per_split)
+    _, x, xk = _max_pool_case(N, C, P, 2, layout, device)
+    xk = xk.reshape(N, C, 20, 15) if layout == LAYOUT_PCONTIG else xk.transpose(1, 2).reshape(N, 20, 15, C).permute(0, 3, 1, 2)
+    assert launch.layout_of(xk)[0] == layout
     dev = dict(device=device)
-    psum, pmax = torch.full((N, S, C), NAN, **dev), torch.full((N, S, C), NAN, **dev)
-    pidx = torch.full((N, S, C), -1, dtype=torch.int32, **dev)
-    channel_pool_kernel[(N * triton_cdiv(C, blk.pool_c), S)](
-        xk, psum, pmax, pidx, C, P, p_per_split, S, *xk.stride(),
-        LAYOUT=layout, BLOCK_C=blk.pool_c, BLOCK_P=blk.pool_p, num_warps=blk.warps,
-    )
-    w1 = torch.eye(C, **dev)  # a single C -> C layer: only the pooled vectors and argmax matter here
-    vscr, dpool = torch.full((N, 2, C), NAN, **dev), torch.full((N, 2, C), NAN, **dev)
-    idxp = torch.full((N, C), -1, dtype=torch.int32, **dev)
-    channel_mlp_bwd_kernel[(N,)](
-        psum, pmax, pidx, torch.zeros(N, S, C, **dev), torch.zeros(N, C, **dev), w1, w1, w1,
-        vscr, torch.empty(N, C, **dev), torch.empty(N, 2, C, **dev), torch.empty(N, C, **dev), dpool, idxp, C, C, P, S,
-        POOL=0, TWO_LAYER=False, HAS_BIAS=False, BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, num_warps=blk.mlp_warps,
-    )
+    w1, wc = torch.eye(C, **dev), torch.zeros(2 * 3 * 3, **dev)
+    saved = launch.Saved(a=torch.zeros(N, C, **dev), z=torch.zeros(N, P, **dev), smap=torch.zeros(N, 2, P, **dev),
+                         sidx=torch.zeros(N, P, dtype=torch.int32, **dev))
+    plan = launch.plan_backward(torch.zeros_like(xk), xk, saved, w1, None, None, wc, need_x=True, need_mlp=True,
+                                need_conv=True, mlp=launch.ChannelMLP(launch.POOL_AVG_MAX, two_layer=False))
+    spatial = next(s_ for s_ in plan.launches if s_.role == "bwd_spatial")
+    assert spatial.grid[0] > N, "several position blocks per sample: the merge is exercised"
+    launch.execute(plan)
+    args = dict(zip([n for n in spatial.kernel.arg_names if n not in spatial.constexprs], spatial.args))
+    vmax, idxp = args["VSCR"][:, 1].cpu(), args["IDXP"].cpu()
     values, indices = _max_cases(x.cpu(), 2)
-    vscr, idxp = vscr.cpu(), idxp.cpu()
-    torch.testing.assert_close(vscr[:, 1], values, equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(vmax, values, equal_nan=True, rtol=0, atol=0)
     assert torch.equal(idxp, indices), f"kernel {idxp.tolist()}\ntorch  {indices.tolist()}"
 
 
@@ -691,7 +697,7 @@ def test_no_leak_over_1000_calls(triton_backend, device, launches, variant):
     before = _baseline()
     _train_steps(m, x, dy, 1000)
     after = _live_objects()
-    assert len(calls) >= 1000 * 8
+    assert len(calls) >= 1000 * 7  # 3 forward + 4 backward launches a step
     _assert_no_growth(before, after, 1000)
 
 
@@ -833,8 +839,7 @@ def test_partial_requires_grad_skips_unneeded_backward_work(triton_backend, devi
     y.backward(dy)
     ran = {c.kernel for c in calls}
     assert ("bwd_dx_kernel" in ran) == ("x" in wanted)
-    assert ("channel_mlp_wgrad_kernel" in ran) == any(n.startswith("fc") for n in wanted)
-    assert ("channel_mlp_bwd_kernel" in ran) == ("x" in wanted or any(n.startswith("fc") for n in wanted))
+    assert ("channel_mlp_wgrad_kernel" in ran) == any(n != "x" for n in wanted)  # every parameter gradient
     got = {"x": xk.grad, **{n: p.grad for n, p in pk.items() if p is not None}}
     for name, g in got.items():
         if name in wanted:

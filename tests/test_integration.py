@@ -260,6 +260,42 @@ def test_cuda_graph_capture_and_replay():
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.skipif(not HAS_CUDA, reason="streams need a CUDA device")
+def test_concurrent_streams_and_repeated_graph_replays():
+    """The tickets' counters: calls on two streams at once (each stream has its own counters),
+    and a captured graph replayed several times (its counters, zeroed inside the graph, are
+    reset by its own kernels), all equal to the reference."""
+    torch.manual_seed(0)
+    mods = [cbam_fast.CBAM(c, 16).cuda() for c in (256, 2048)]
+    xs = [torch.randn(8, 256, 28, 28, device="cuda"), torch.randn(4, 2048, 7, 7, device="cuda")]
+    refs = [cbam_fast.reference.cbam(x, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, m.conv.weight)
+            for m, x in zip(mods, xs)]
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    outs = [[], []]
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream())
+    for _ in range(20):
+        for i, (m, x, s) in enumerate(zip(mods, xs, streams)):
+            with torch.cuda.stream(s):
+                outs[i].append(m(x))
+    torch.cuda.synchronize()
+    for i in range(2):
+        for y in outs[i]:
+            torch.testing.assert_close(y, refs[i], rtol=1e-4, atol=1e-5)
+    m, x = mods[1], xs[1].clone()
+    m(x)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = m(x)
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = cbam_fast.reference.cbam(x, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, m.conv.weight)
+        torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a CUDA device")
 def test_compile_reduce_overhead():
     m = _model().cuda()

@@ -1,0 +1,145 @@
+"""Structural facts of the launched code, read off the calls' plans (no timing, no GPU).
+
+Each benchmark call (benchmarks/launched.py) is dry-run as it would be planned for a 132-SM GPU:
+every Triton launch and every ATen op of the call is recorded. These tests pin what the design
+promises: launch counts, no per-call parameter casts or fills, the full-size passes, grid sizes,
+and the tickets' counters left at zero. What the compiler makes of the launches (registers,
+spills, vector widths, pipelining) is read by tests/compile_check.py and reported by
+``python -m benchmarks.plan``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/
+
+from benchmarks import launched  # noqa: E402
+from cbam_fast.kernels import launch  # noqa: E402
+
+SMS = launched.SM_COUNT
+B32 = [launched.Call((32, *chw), "bf16", fmt, "default", False, "fwd_bwd")
+       for chw in launched.R50_STAGES for fmt in ("nchw", "cl")]
+B1 = [launched.Call((1, *chw), "bf16", fmt, "default", False, "fwd")
+      for chw in launched.R50_STAGES for fmt in ("nchw", "cl")]
+
+
+@pytest.fixture(scope="module")
+def captured():
+    """Calls as planned, without the test suite's NaN poisoning of the launchers' buffers (a
+    fill per buffer, which the library itself never launches)."""
+    cache = {}
+
+    def get(call):
+        if call not in cache:
+            poison, launch.POISON = launch.POISON, False
+            try:
+                cache[call] = launched.capture(call)
+            finally:
+                launch.POISON = poison
+        return cache[call]
+
+    return get
+
+
+def _ids(calls):
+    return [c.id for c in calls]
+
+
+@pytest.mark.parametrize("call", B32 + B1, ids=_ids(B32 + B1))
+def test_forward_is_three_launches_and_no_aten_op(captured, call):
+    """The default preset's forward, at any batch size: three kernels, each one full-size pass
+    over x (the last also writes y), and no ATen op at all (no parameter cast, no fill)."""
+    cap = captured(call)
+    assert [r.launch.role for r in cap.forward] == ["channel_pool", "spatial_pool", "spatial_gate"]
+    assert [o.name for o in cap.aten_forward] == []
+    assert [(r.launch.reads, r.launch.writes) for r in cap.forward] == [(("x",), ()), (("x",), ()), (("x",), ("y",))]
+
+
+@pytest.mark.parametrize("call", B32, ids=_ids(B32))
+def test_backward_is_four_launches_and_no_aten_op(captured, call):
+    """The backward: four kernels (the MLP backward folded into the second by tickets, every
+    parameter gradient in the third); x read twice, dy twice, dx written once; no ATen op: no
+    cast of a parameter or a gradient, no sum of partials, no zero-filled gradient for the
+    forward's auxiliary outputs."""
+    cap = captured(call)
+    assert [r.launch.role for r in cap.backward] == ["bwd_reduce", "bwd_spatial", "param_grads", "bwd_dx"]
+    assert [o.name for o in cap.aten_backward] == []
+    reads = [n for r in cap.backward for n in r.launch.reads]
+    writes = [n for r in cap.backward for n in r.launch.writes]
+    assert sorted(reads) == ["dy", "dy", "x", "x"] and writes == ["dx"]
+
+
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+def test_no_parameter_casts(triton_backend, param_dtype):
+    """A bf16 input with parameters in any float dtype (fp32 as under autocast, or the input's):
+    the kernels read each parameter as it is and write each gradient in its parameter's dtype,
+    so neither the forward nor the backward has an ATen op."""
+    import cbam_fast
+    from cbam_fast.kernels.plan import recording
+
+    torch.manual_seed(0)
+    launch.POISON = False  # (restored by the suite's autouse fixture) no test-only fills
+    m = cbam_fast.CBAM(64, 16, 7).to(param_dtype)
+    x = torch.randn(4, 64, 9, 11, dtype=torch.bfloat16).requires_grad_()
+    with recording(dry=True, sm_count=SMS), torch.no_grad():
+        m(x)  # warm: one-time workspace allocation
+    with recording(dry=True, sm_count=SMS) as rec:
+        counter = launched.AtenCounter()
+        with counter:
+            y = m(x)
+        fwd = [o.name for o in counter.ops]
+        dy = torch.randn_like(y)
+        counter = launched.AtenCounter()
+        with counter:
+            grads = torch.autograd.grad(y, [x, *m.parameters()], dy)
+        bwd = [o.name for o in counter.ops]
+    assert fwd == [] and bwd == [], (fwd, bwd)
+    assert len(rec) == 3 + 4
+    assert [g.dtype for g in grads] == [torch.bfloat16] + [param_dtype] * len(list(m.parameters()))
+
+
+def _tiles(call, launch_, block_c, block_p):
+    N, C, H, W = call.shape
+    return N * math.ceil(C / block_c) * math.ceil(H * W / block_p)
+
+
+@pytest.mark.parametrize("call", B32 + B1, ids=_ids(B32 + B1))
+def test_forward_grids_fill_the_gpu_where_the_tiles_allow(captured, call):
+    """Every full-size forward pass has at least 4 programs per SM (528 on 132 SMs), or, where
+    the shape has fewer tiles than that, at least half as many programs as tiles (each program
+    then keeps two tiles of its channel loop, one in flight while the other is used)."""
+    cap = captured(call)
+    for rec in cap.forward:
+        c = rec.launch.constexprs
+        tiles = _tiles(call, rec.launch, c["BLOCK_C"], c["BLOCK_P"])
+        want = min(4 * SMS, tiles // 2)
+        assert rec.launch.programs >= want, (
+            f"{rec.launch.role}: grid {rec.launch.grid} = {rec.launch.programs} programs, want >= {want} "
+            f"({tiles} tiles of {c['BLOCK_C']} x {c['BLOCK_P']})")
+
+
+def test_ticket_counters_end_at_zero(triton_backend, device):
+    """The tickets' workspace counters are reset by the kernels that take them (no fill launch
+    per call): after calls with several pooling splits and channel splits, every counter is 0."""
+    torch.manual_seed(0)
+    m = launched._module(launched.Call((2, 80, 9, 11), preset="mmyolo"), 80).to(device)
+    for shape in ((2, 80, 9, 11), (1, 80, 3, 40)):
+        x = torch.randn(shape, device=device)
+        with launch_plan_recorded() as rec:
+            m(x)
+        grids = {r.launch.role: r.launch.grid for r in rec}
+        assert grids["channel_pool"][1] > 1 or grids["spatial_pool"][1] > 1, grids
+        bufs = [b for b in launch._COUNTERS.values() if b.device == x.device]
+        assert bufs and all(int(b.abs().sum()) == 0 for b in bufs)
+
+
+def launch_plan_recorded():
+    from cbam_fast.kernels.plan import recording
+
+    return recording(dry=False)

@@ -13,6 +13,7 @@ and ``torch.autograd.grad`` for x and every parameter.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -212,6 +213,10 @@ class Budget:
 # ----------------------------------------------------------------------------- GPU session
 
 TimeLoop = Callable[[Callable[[], None], Callable[[], None], int], list]
+KERNELS_SUFFIX = results.KERNELS_SUFFIX
+KERNELS_WHAT = ("per-kernel GPU times, MEASURED: for each results row, one profiled call (torch.profiler with "
+                "CUDA activity, after an L2 flush; not one of the timed rounds): every GPU operation it enqueued "
+                "(kernels, memsets, copies) with its device time in microseconds, in start order")
 
 
 class BenchSession:
@@ -221,7 +226,8 @@ class BenchSession:
     buffer and the time budget, measures configurations (:meth:`measure`), and rewrites the
     results file after every row, so a run stopped early still leaves a valid file.
 
-    Output: ``<out_dir>/<date>-<device>.json`` and its PNG; ``BENCHMARKS.md`` in ``out_dir``, or
+    Output: ``<out_dir>/<date>-<device>.json``, its PNG and ``<date>-<device>.kernels.json``
+    (per-kernel GPU times of each row's profiled call); ``BENCHMARKS.md`` in ``out_dir``, or
     ``benchmarks/BENCHMARKS.md`` when ``out_dir`` is the default ``benchmarks/results``.
     """
 
@@ -240,6 +246,7 @@ class BenchSession:
         self.skipped: list[tuple[str, str]] = []  # (config id, reason)
         self.failed: list[tuple[str, str]] = []
         self.path: Path | None = None
+        self.kernels: list[dict] = []  # per-kernel GPU times of each row's profiled call
         self._stamp: dict | None = None
         self._flush: measure.L2Flush | None = None
 
@@ -273,8 +280,9 @@ class BenchSession:
         Steps: fresh inputs; the first call (compiles and autotunes) checked against the fp64
         reference (forward); ``warmup`` more calls; ``rounds`` timed calls through ``time_loop``
         (default: :func:`measure.timed_rounds`; the pytest suite passes pytest-benchmark's
-        ``pedantic``), each after an L2 flush; one profiled call for the launch count; for
-        ``fwd_bwd``, one call for peak memory."""
+        ``pedantic``), each after an L2 flush; one profiled call, after a flush, for the launch
+        count and the per-kernel GPU times (:attr:`kernels_path`); for ``fwd_bwd``, one call for
+        peak memory."""
         self._start()
         t0 = time.perf_counter()
         inp = make_inputs(cfg.case.shape, cfg.dtype, cfg.memory_format, cfg.mode, self.device)
@@ -296,17 +304,39 @@ class BenchSession:
             times = time_loop(step, self._flush, self.rounds)
         if len(times) != self.rounds:
             raise RuntimeError(f"{cfg.id}: expected {self.rounds} timed calls, the harness reported {len(times)}")
-        launches = measure.count_launches(step)
+        launches, kernels = measure.profile_call(step, self._flush)
         peak = measure.peak_memory_mb(step, inp.nbytes) if cfg.mode == "fwd_bwd" else None
         row = results.make_row(cfg, measure.median(times), self.copy_gbps, peak, launches)
         spent = time.perf_counter() - t0
         self.budget.record(cfg, spent)
         self.rows.append(row)
         results.write(self.path, self._stamp, self.rows)
+        if kernels is not None:
+            self.kernels.append({"id": cfg.id, **{k: row[k] for k in ("case", "dtype", "memory_format", "mode", "impl",
+                                                                        "median_ms")},
+                                 "device_us": sum(k["us"] for k in kernels), "kernels": kernels})
+            self._write_kernels()
         self.log(f"{cfg.id}: {row['median_ms']:.4f} ms, {row['gbps']:.0f} GB/s, {row['pct_floor']:.0f}% of floor, "
                  f"launches {launches}, peak {'-' if peak is None else f'{peak:.0f} MiB'} "
                  f"(compile+warm-up {ready_s:.1f} s, total {spent:.1f} s)")
         return row
+
+    @property
+    def kernels_path(self) -> Path | None:
+        """``<results file>.kernels.json``: for each measured row, the GPU operations of its one
+        profiled call (name and device time in us, from torch.profiler), beside the results file."""
+        return None if self.path is None else self.path.with_name(self.path.stem + KERNELS_SUFFIX)
+
+    def _write_kernels(self) -> None:
+        doc = {
+            "what": KERNELS_WHAT,
+            **{k: self._stamp[k] for k in ("device", "torch", "triton", "git_sha", "date")},
+            "results": self.path.name,
+            "rows": self.kernels,
+        }
+        tmp = self.kernels_path.with_name(self.kernels_path.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        os.replace(tmp, self.kernels_path)
 
     def finish(self) -> str:
         """Final write, ``BENCHMARKS.md`` and the PNG; returns the summary to print (targets,
@@ -321,6 +351,8 @@ class BenchSession:
             except Exception as exc:  # the results file is complete: the report can be redone from it
                 lines.append(f"report failed ({type(exc).__name__}: {exc}): rerun python -m benchmarks.report {self.path}")
             lines.append(f"results: {self.path}")
+            if self.kernels:
+                lines.append(f"per-kernel GPU times (one profiled call per row): {self.kernels_path}")
         else:
             lines.append("cbam_fast benchmarks: no configuration was measured; no results file written")
         if self.skipped:

@@ -126,10 +126,17 @@ def tier(cfg: Config) -> int:
 
 
 def _order(cfg: Config):
+    """Sort key: by :func:`tier`; inside a tier the rows that compile nothing (cbam_fast, eager:
+    about a second each) before the torch.compile rows (tens of seconds each), so a run cut short
+    by its budget has every cheap target row; the compile rows forward first (every shape), then
+    forward+backward."""
+    compiled = cfg.impl in COMPILE_MODES
     return (
         tier(cfg),
+        compiled,
         list(DTYPES).index(cfg.dtype),
         list(GROUPS).index(cfg.case.group),
+        list(MODES).index(cfg.mode) if compiled else 0,
         CASES.index(cfg.case),
         list(MODES).index(cfg.mode),
         list(FORMATS).index(cfg.memory_format),
@@ -150,9 +157,11 @@ def all_configs() -> list[Config]:
     return sorted(configs, key=_order)
 
 
-# quick: what gpu_check.sh runs by default (tiers 0-3: the targets, every cbam_fast and eager
-# row, max-autotune on the targets); full: everything
-PROFILES = {"quick": (0, 1, 2, 3), "full": (0, 1, 2, 3, 4, 5)}
+# targets: what gpu_check.sh runs by default (tier 0: the targets' rows, cbam_fast and eager
+# first, then torch.compile's default mode as far as the budget goes); quick: gpu_check.sh --long
+# (tiers 0-3: the targets, every cbam_fast and eager row, max-autotune on the targets);
+# full: everything
+PROFILES = {"targets": (0,), "quick": (0, 1, 2, 3), "full": (0, 1, 2, 3, 4, 5)}
 
 
 def _normalise(values, table, what):

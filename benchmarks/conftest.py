@@ -8,7 +8,7 @@ measured, and the summary writes ``BENCHMARKS.md`` and the PNG and prints the ta
 Without CUDA: a small-shape correctness mode through the Triton interpreter; no timing is taken
 and none is reported.
 
-Options (CUDA only): ``--bench-profile quick|full`` (default full), ``--bench-budget-s S`` (skip
+Options (CUDA only): ``--bench-profile targets|quick|full`` (default full), ``--bench-budget-s S`` (skip
 configurations that would not fit), ``--bench-out DIR`` (default ``benchmarks/results``),
 ``--bench-skip-done RESULTS.json`` (repeatable: skip rows already measured), ``--bench-rounds N``.
 """
@@ -38,8 +38,9 @@ SESSION = pytest.StashKey()
 def pytest_addoption(parser):
     group = parser.getgroup("cbam_fast benchmarks (CUDA only)")
     group.addoption("--bench-profile", default="full", choices=list(cases.PROFILES),
-                    help="quick: the targets' rows, every cbam_fast/eager row, max-autotune on the batch-32 "
-                         "targets; full: every configuration (default)")
+                    help="targets: the targets' rows only (gpu_check.sh's default); quick: those, every "
+                         "cbam_fast/eager row, max-autotune on the batch-32 targets; full: every configuration "
+                         "(default)")
     group.addoption("--bench-budget-s", type=float, default=None,
                     help="wall-time budget in seconds: configurations that would not fit are skipped")
     group.addoption("--bench-out", default=None, help="output folder (default: benchmarks/results)")

@@ -1,5 +1,5 @@
-"""How one thing is timed on a GPU. Every function here except :func:`count_device_ops` and
-:func:`median` needs CUDA.
+"""How one thing is timed on a GPU. Every function here except :func:`count_device_ops`,
+:func:`device_ops` and :func:`median` needs CUDA.
 
 Timing protocol (shared by the pytest suite and the runner, so both give the same numbers):
 
@@ -127,22 +127,51 @@ def count_device_ops(events) -> int:
     )
 
 
-def count_launches(step: Callable[[], None]) -> int | None:
-    """GPU operations (kernel launches, memsets, copies) one call of ``step`` enqueues, from
-    ``torch.profiler`` with CUDA activity; None (with a warning) if the profiler fails."""
+def device_ops(events) -> list[dict]:
+    """The GPU operations among profiler events (as :func:`count_device_ops` counts them), in
+    start order: ``{"name": kernel name, "us": device time in microseconds}`` each (the span of
+    the operation on the GPU, from CUPTI)."""
+    from torch.autograd import DeviceType
+
+    ops = []
+    for e in events:
+        if e.device_type != DeviceType.CUDA or getattr(e, "is_user_annotation", False):
+            continue
+        tr = getattr(e, "time_range", None)
+        us = tr.elapsed_us() if tr is not None else getattr(e, "device_time", 0.0)
+        start = tr.start if tr is not None else 0
+        ops.append((start, {"name": str(e.name), "us": float(us)}))
+    ops.sort(key=lambda t: t[0])
+    return [op for _, op in ops]
+
+
+def profile_call(step: Callable[[], None], setup: Callable[[], None] | None = None) -> tuple[int | None, list | None]:
+    """One profiled call of ``step`` (after ``setup()``, the L2 flush, outside the profile), from
+    ``torch.profiler`` with CUDA activity: ``(GPU operations it enqueued: kernels, memsets,
+    copies; their names and device times, see :func:`device_ops`)``. ``(None, None)`` (with a
+    warning) if the profiler fails."""
     from torch.profiler import ProfilerActivity, profile
 
+    if setup is not None:
+        setup()
     torch.cuda.synchronize()
     try:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             step()
             torch.cuda.synchronize()
-        return count_device_ops(prof.events())
+        events = prof.events()
+        return count_device_ops(events), device_ops(events)
     except Exception as exc:  # CUPTI unavailable or busy: report no count rather than a wrong one
         import warnings
 
         warnings.warn(f"launch count unavailable: torch.profiler failed ({type(exc).__name__}: {exc})", stacklevel=2)
-        return None
+        return None, None
+
+
+def count_launches(step: Callable[[], None]) -> int | None:
+    """GPU operations (kernel launches, memsets, copies) one call of ``step`` enqueues, from
+    ``torch.profiler`` with CUDA activity; None (with a warning) if the profiler fails."""
+    return profile_call(step)[0]
 
 
 def peak_memory_mb(step: Callable[[], None], resident_bytes: int) -> float:

@@ -2,6 +2,7 @@
 
     python -m benchmarks.report RESULTS.json [MORE.json ...] [--md PATH] [--png PATH]
                                 [--readme README.md] [--plot-dtype bfloat16]
+                                [--predicted PREDICTED.json] [--e2e E2E.json]
 
 Several files (of one device: e.g. a run and a later run that added the rows the first had no
 time for) are merged, a later file's row replacing an earlier one's for the same configuration;
@@ -11,6 +12,13 @@ matplotlib (without it the plot is skipped, saying so).
 
 Definitions: speedup vs X = X's median time / cbam_fast's, for the same case, dtype, memory
 format and mode; "vs torch.compile" takes the faster of the torch.compile modes measured.
+
+``--predicted`` (a file of :mod:`benchmarks.predict`) puts the static model's PREDICTIONS beside
+the measured cbam_fast rows (a column of the results tables and a section comparing the two,
+each labelled "predicted (static model)" or "measured"); ``--e2e`` (a file of
+:mod:`benchmarks.e2e`) adds the end-to-end training-step section. Side files given among the
+results files (``*.kernels.json``, ``predicted*.json``, ``e2e*.json``, ``pytest-benchmark.json``)
+are left out of the results, saying so.
 """
 
 from __future__ import annotations
@@ -222,8 +230,13 @@ def _triple(e, field, fmt="{:.0f}") -> str:
     return " / ".join(_opt(v, fmt) for v in vals)
 
 
-def results_tables(rows) -> list[str]:
-    """One table per (dtype, mode): every case and memory format."""
+def _pred_key(r) -> tuple:
+    return (r["case"], r["dtype"], r["memory_format"], r["mode"])
+
+
+def results_tables(rows, predicted: dict | None = None) -> list[str]:
+    """One table per (dtype, mode): every case and memory format; with ``predicted`` (rows of a
+    predictions file by key), a column of the static model's predicted time."""
     lines = []
     comp = compare(rows)
     for dtype in cases.DTYPES:
@@ -237,6 +250,8 @@ def results_tables(rows) -> list[str]:
                     "max-autotune ms", "vs eager", "vs compile", "launches (cbam_fast / eager / compile)"]
             if bwd:
                 head.append("peak MiB (cbam_fast / eager / compile)")
+            if predicted is not None:
+                head.append("cbam_fast us: predicted (static model)")
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for e in entries:
                 r, o = e["row"], e["other"]
@@ -246,8 +261,157 @@ def results_tables(rows) -> list[str]:
                          _triple(e, "launches")]
                 if bwd:
                     cells.append(_triple(e, "peak_mem_mb"))
+                if predicted is not None:
+                    p = predicted.get(_pred_key(r))
+                    cells.append("–" if p is None else f"{p['pred_us']:.1f}")
                 lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+# ----------------------------------------------------------------------------- static model vs measurement
+
+PREDICTED_NOTE = (
+    "**predicted (static model)** columns are PREDICTIONS of `python -m benchmarks.plan` (its model and constants, "
+    "`benchmarks/plan.py` `MODEL`, made for an H200), computed on the GPU machine in the same run; **measured** "
+    "columns are this run's measurements. \"measured / predicted\" above 1 means the model is optimistic. "
+    "Predicted speedup vs eager = the model's eager time / its cbam_fast time; predicted % of floor = the model's "
+    "floor (compulsory bytes at its copy bandwidth) / its cbam_fast time; predicted launches = Triton kernels + "
+    "ATen ops of the call's plan.")
+
+
+def prediction_entries(rows, predicted: dict) -> list[dict]:
+    """Measured cbam_fast rows that have a prediction: the comparison's entries."""
+    out = []
+    for e in compare(rows):
+        p = predicted.get(_pred_key(e["row"]))
+        if p is not None:
+            out.append({**e, "pred": p, "ratio": e["row"]["median_ms"] * 1e3 / p["pred_us"] if p["pred_us"] else None})
+    return out
+
+
+def _group_modes(entries):
+    groups = {}
+    for e in entries:
+        r = e["row"]
+        groups.setdefault((_group(r["case"]), r["dtype"], r["mode"]), []).append(e)
+    return groups
+
+
+def prediction_lines(rows, predicted: dict | None) -> list[str]:
+    """The comparison in plain lines (for summary.txt): per group and mode, the geometric mean of
+    measured / predicted time and of each speedup."""
+    if predicted is None:
+        return []
+    entries = prediction_entries(rows, predicted)
+    if not entries:
+        return ["static model: no measured cbam_fast row has a prediction"]
+    lines = [f"static model vs measurement ({len(entries)} cbam_fast rows with a prediction; geometric means; "
+             "'predicted' = the static model, not a measurement):"]
+    for (group, dtype, mode), es in sorted(_group_modes(entries).items()):
+        ratios = [e["ratio"] for e in es if e["ratio"]]
+        ve = [e["vs_eager"] for e in es if e["vs_eager"]]
+        pve = [e["pred"]["pred_vs_eager"] for e in es if e["pred"].get("pred_vs_eager")]
+        line = f"  {group} {cases.DTYPES.get(dtype, dtype)} {MODE_LABEL[mode]} ({len(es)} rows):"
+        line += f" measured/predicted time {_geomean(ratios):.2f}x" if ratios else " measured/predicted time -"
+        line += f"; vs eager measured {_geomean(ve):.2f}x" if ve else "; vs eager measured -"
+        line += f", predicted {_geomean(pve):.2f}x" if pve else ", predicted -"
+        lines.append(line)
+    return lines
+
+
+def predictions_markdown(rows, pred_doc: dict) -> list[str]:
+    predicted = by_pred_key(pred_doc)
+    entries = prediction_entries(rows, predicted)
+    lines = ["", "## Static model: predicted vs measured", "", PREDICTED_NOTE, ""]
+    if pred_doc.get("failed"):
+        lines += [f"Predictions FAILED for {len(pred_doc['failed'])} call(s): "
+                  + "; ".join(f"{f['call']}: {f['error']}" for f in pred_doc["failed"][:5]), ""]
+    if pred_doc.get("not_reached"):
+        lines += [f"Not predicted for lack of time: {len(pred_doc['not_reached'])} call(s).", ""]
+    if not entries:
+        return lines + ["No measured cbam_fast row has a prediction."]
+    head = ["case", "format", "mode", "measured us", "predicted us (static model)", "measured / predicted",
+            "vs eager: measured", "vs eager: predicted", "% floor: measured", "% floor: predicted",
+            "launches: measured", "launches: predicted"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in entries:
+        r, p = e["row"], e["pred"]
+        lines.append("| " + " | ".join([
+            r["case"], FORMAT_LABEL[r["memory_format"]], MODE_LABEL[r["mode"]], f"{r['median_ms'] * 1e3:.1f}",
+            f"{p['pred_us']:.1f}", _opt(e["ratio"], "{:.2f}x"), _opt(e["vs_eager"], "{:.2f}x"),
+            _opt(p.get("pred_vs_eager"), "{:.2f}x"), f"{r['pct_floor']:.1f}", _opt(p.get("pred_pct_floor"), "{:.1f}"),
+            _opt(r["launches"], "{}"), _opt(p.get("pred_launches"), "{}")]) + " |")
+    return lines
+
+
+def by_pred_key(pred_doc: dict | None) -> dict | None:
+    if pred_doc is None:
+        return None
+    return {(r["case"], r["dtype"], r["memory_format"], r["mode"]): r for r in pred_doc.get("rows", [])}
+
+
+def load_predictions(path) -> dict:
+    from . import predict
+
+    return predict.load(path)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def e2e_lines(doc: dict | None) -> list[str]:
+    if doc is None:
+        return []
+    if doc.get("status") == "skipped":
+        return [f"end to end: SKIPPED (not a pass): {doc.get('reason')}"]
+    d = doc.get("derived") or {}
+    v = doc.get("variants") or {}
+    parts = [f"{name} {v[name]['median_ms']:.1f} ms" for name in v]
+    share = d.get("cbam_share_of_eager_step")
+    return [f"end to end ({doc.get('model')}, batch {doc.get('batch')}, training step, median"
+            + (", CPU MODE: not a performance claim" if doc.get("cpu_mode") else "") + "): " + ", ".join(parts)
+            + f"; cbam_fast vs eager {_opt(d.get('speedup_cbam_fast_vs_eager'), '{:.2f}x')}"
+            + f"; CBAM share of the eager step {_opt(None if share is None else 100 * share, '{:.0f}%')} (by removal)"]
+
+
+def e2e_markdown(doc: dict) -> list[str]:
+    lines = ["", "## End to end: a training step", ""]
+    if doc.get("status") == "skipped":
+        return lines + [f"Not measured (skipped, not a pass): {doc.get('reason')}"]
+    lines.append(
+        f"{doc.get('model')}: batch {doc.get('batch')}, {doc.get('image_size')}x{doc.get('image_size')} random "
+        f"inputs, autocast {doc.get('amp_dtype')}, {'channels_last' if doc.get('channels_last') else 'NCHW'}, "
+        f"{doc.get('optimizer')}, on {doc.get('device')} (torch {doc.get('torch')}, commit "
+        f"`{str(doc.get('git_sha'))[:12]}`, {doc.get('date')}). MEASURED: median of {doc.get('steps')} "
+        f"CUDA-synchronised step times after {doc.get('warmup')} warm-up steps (the first compiles).")
+    if doc.get("cpu_mode"):
+        lines += ["", f"**{doc.get('note')}**"]
+    lines += ["", "| variant | median step ms | vs eager | first step s | peak MiB |", "|---|---|---|---|---|"]
+    v = doc.get("variants") or {}
+    eager = v.get("eager", {}).get("median_ms")
+    for name, entry in v.items():
+        vs_eager = eager / entry["median_ms"] if eager else None
+        lines.append(f"| {name} | {entry['median_ms']:.2f} | {_opt(vs_eager, '{:.2f}x')} "
+                     f"| {entry['first_step_s']:.1f} | {_opt(entry.get('peak_mem_mb'))} |")
+    for name, why in (doc.get("skipped") or {}).items():
+        lines.append(f"| {name} | not measured: {why} | – | – | – |")
+    for name, why in (doc.get("failed") or {}).items():
+        lines.append(f"| {name} | FAILED: {why} | – | – | – |")
+    d = doc.get("derived") or {}
+    share = d.get("cbam_share_of_eager_step")
+    lines += ["", f"CBAM share of the eager step: {_opt(None if share is None else 100 * share, '{:.0f}%')}, measured "
+              f"{d.get('cbam_share_method', 'by removal')}; so no CBAM implementation can make this step more than "
+              f"{_opt(d.get('speedup_bound_if_cbam_took_no_time'), '{:.2f}x')} faster than eager."]
+    return lines
+
+
+def load_e2e(path) -> dict:
+    import json
+
+    doc = json.loads(Path(path).read_text())
+    if not isinstance(doc, dict) or "status" not in doc:
+        raise ValueError(f"{path}: not an end-to-end file (benchmarks.e2e)")
+    return doc
 
 
 def losses(rows) -> list[str]:
@@ -276,7 +440,7 @@ def targets_markdown(rows) -> list[str]:
     return lines
 
 
-def markdown(stamps, rows, png_rel: str | None) -> str:
+def markdown(stamps, rows, png_rel: str | None, pred_doc: dict | None = None, e2e_doc: dict | None = None) -> str:
     missing = [i for i in cases.IMPLS if not any(r["impl"] == i for r in rows)]
     lines = [
         "# cbam_fast benchmarks",
@@ -301,12 +465,17 @@ def markdown(stamps, rows, png_rel: str | None) -> str:
     loss_lines = losses(rows)
     lines += ["", "## Where cbam_fast loses", ""]
     lines += loss_lines or ["Nowhere among the measured configurations."]
-    lines += ["", "## All results", *results_tables(rows), ""]
+    if e2e_doc is not None:
+        lines += e2e_markdown(e2e_doc)
+    if pred_doc is not None:
+        lines += predictions_markdown(rows, pred_doc)
+    lines += ["", "## All results", *results_tables(rows, by_pred_key(pred_doc)), ""]
     return "\n".join(lines)
 
 
-def readme_block(stamps, rows, md_rel: str, png_rel: str | None) -> str:
-    """The README's benchmarks block: stamp, targets, the bf16 summary, the losses, the plot."""
+def readme_block(stamps, rows, md_rel: str, png_rel: str | None, e2e_doc: dict | None = None) -> str:
+    """The README's benchmarks block: stamp, targets, the bf16 summary, the losses, the plot (and
+    the end-to-end line when there is an end-to-end file)."""
     comp = [e for e in compare(rows) if e["row"]["dtype"] == cases.TARGET_DTYPE]
     lines = [README_BEGIN, "", stamp_markdown(stamps), "", *targets_markdown(rows), "",
              f"bfloat16 (all dtypes, peak memory and launch counts: [{Path(md_rel).name}]({md_rel})):", "",
@@ -319,6 +488,8 @@ def readme_block(stamps, rows, md_rel: str, png_rel: str | None) -> str:
     loss_lines = losses(rows)
     lines += ["", "Where cbam_fast loses:" if loss_lines else "cbam_fast loses nowhere among the measured configurations.",
               *([""] + loss_lines if loss_lines else [])]
+    if e2e_doc is not None:
+        lines += ["", *e2e_lines(e2e_doc)]
     if png_rel:
         lines += ["", f"![speedup and % of floor per case]({png_rel})"]
     lines += ["", README_END]
@@ -410,24 +581,46 @@ def _rel(target: Path, start_dir: Path) -> str:
     return Path(os.path.relpath(Path(target).resolve(), Path(start_dir).resolve())).as_posix()
 
 
+def _optional(loader, path, what, notes):
+    """A side file's document, or None (with a note) when it is absent or unreadable: the report
+    goes on without it."""
+    if path is None:
+        return None
+    try:
+        return loader(path)
+    except Exception as exc:  # noqa: BLE001
+        notes.append(f"{what} not used ({path}: {type(exc).__name__}: {exc})")
+        return None
+
+
 def generate(paths, md_path: Path, png_path: Path | None = None, readme_path: Path | None = None,
-             plot_dtype: str = cases.TARGET_DTYPE) -> list[str]:
-    """Write the markdown (and the PNG, and the README block if asked) from results files;
-    return the lines to print: the targets summary and what was written."""
+             plot_dtype: str = cases.TARGET_DTYPE, predicted_path: Path | None = None,
+             e2e_path: Path | None = None) -> list[str]:
+    """Write the markdown (and the PNG, and the README block if asked) from results files (and
+    the optional predictions and end-to-end files); return the lines to print: the targets
+    summary, the model-vs-measurement and end-to-end lines, and what was written."""
+    notes = [f"left out {p}: a side file, not a results file" for p in paths if not results.is_results_file(p)]
+    paths = [p for p in paths if results.is_results_file(p)]
+    if not paths:
+        raise ValueError("no results file given (only side files)")
     stamps, rows = load_many(paths)
+    pred_doc = _optional(load_predictions, predicted_path, "predictions (static model)", notes)
+    e2e_doc = _optional(load_e2e, e2e_path, "end-to-end results", notes)
     md_path = Path(md_path)
     png_path = Path(png_path) if png_path else Path(paths[0]).with_suffix(".png")
     why_not = plot(stamps, rows, png_path, plot_dtype)
     drawn = why_not is None
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(markdown(stamps, rows, _rel(png_path, md_path.parent) if drawn else None))
-    out = targets_text(stamps, rows)
+    md_path.write_text(markdown(stamps, rows, _rel(png_path, md_path.parent) if drawn else None, pred_doc, e2e_doc))
+    out = notes + targets_text(stamps, rows)
+    out += prediction_lines(rows, by_pred_key(pred_doc))
+    out += e2e_lines(e2e_doc)
     out.append(f"wrote {md_path}")
     out.append(f"wrote {png_path}" if drawn else f"plot not drawn: {why_not}")
     if readme_path:
         readme_path = Path(readme_path)
         update_readme(readme_path, readme_block(stamps, rows, _rel(md_path, readme_path.parent),
-                                                _rel(png_path, readme_path.parent) if drawn else None))
+                                                _rel(png_path, readme_path.parent) if drawn else None, e2e_doc))
         out.append(f"updated the benchmarks block of {readme_path}")
     return out
 
@@ -441,8 +634,11 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", type=Path, nargs="?", const=results.REPO_ROOT / "README.md", default=None,
                     help="also rewrite the README's benchmarks block (default path: the repository's README.md)")
     ap.add_argument("--plot-dtype", default=cases.TARGET_DTYPE, choices=list(cases.DTYPES))
+    ap.add_argument("--predicted", type=Path, default=None,
+                    help="predictions file of python -m benchmarks.predict: the static model beside the measurements")
+    ap.add_argument("--e2e", type=Path, default=None, help="end-to-end file of python -m benchmarks.e2e")
     args = ap.parse_args(argv)
-    for line in generate(args.results, args.md, args.png, args.readme, args.plot_dtype):
+    for line in generate(args.results, args.md, args.png, args.readme, args.plot_dtype, args.predicted, args.e2e):
         print(line)
     return 0
 

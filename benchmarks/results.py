@@ -31,6 +31,16 @@ from . import cases
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+# beside a results file X.json: X.kernels.json, the per-kernel GPU times of each row's profiled
+# call (benchmarks/bench.py); not a results file
+KERNELS_SUFFIX = ".kernels.json"
+
+
+def is_results_file(path) -> bool:
+    """False for the side files that live beside results files (``*.kernels.json``,
+    ``pytest-benchmark.json``, ``predicted*.json``, ``e2e*.json``)."""
+    name = Path(path).name
+    return not (name.endswith(KERNELS_SUFFIX) or name == "pytest-benchmark.json" or name.startswith(("predicted", "e2e")))
 
 STAMP_FIELDS = {"device": str, "cuda": str, "torch": str, "triton": str, "git_sha": str, "date": str, "copy_gbps": float}
 ROW_FIELDS = ("case", "shape", "dtype", "memory_format", "mode", "impl", "median_ms", "gbps", "pct_floor",

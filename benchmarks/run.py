@@ -1,6 +1,6 @@
 """The benchmark suite without pytest: the same configurations, measurements and files.
 
-    python -m benchmarks.run [--profile quick|full] [--budget-s S] [--out DIR]
+    python -m benchmarks.run [--profile targets|quick|full] [--budget-s S] [--out DIR]
                              [--skip-done RESULTS.json ...] [--cases ...] [--dtypes ...]
                              [--formats ...] [--modes ...] [--impls ...] [--rounds N] [--list]
 
@@ -35,8 +35,9 @@ def _csv(text: str) -> list[str]:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="full", choices=list(cases.PROFILES),
-                    help="quick: the targets' rows, every cbam_fast/eager row, max-autotune on the batch-32 "
-                         "targets; full: everything (default)")
+                    help="targets: the targets' rows only (bf16 ResNet-50 stages; gpu_check.sh's default); "
+                         "quick: those, every cbam_fast/eager row, max-autotune on the batch-32 targets; "
+                         "full: everything (default)")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="wall-time budget: configurations that would not fit are skipped (listed at the end)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/results)")

@@ -1,7 +1,7 @@
 """A small CUDA workload for compute-sanitizer: cbam_fast forward and backward on a few shapes.
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 \\
-        python -m benchmarks.sanitize [--modes fwd,fwd_bwd]
+        python -m benchmarks.sanitize [--modes fwd,fwd_bwd] [--max-shapes N]
 
 (``gpu_check.sh`` runs it so.) Without PyTorch's caching allocator every tensor is its own
 ``cudaMalloc``, so an access past a tensor's end is outside any allocation and memcheck sees it.
@@ -42,13 +42,15 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def run(modes=("fwd", "fwd_bwd"), device="cuda") -> None:
-    """Run the workload (``device="cpu"`` with ``TRITON_INTERPRET=1``: a dry run of this script)."""
+def run(modes=("fwd", "fwd_bwd"), device="cuda", max_shapes: int | None = None) -> None:
+    """Run the workload (``device="cpu"`` with ``TRITON_INTERPRET=1``: a dry run of this script)
+    on the first ``max_shapes`` shapes (all by default)."""
     import cbam_fast
 
     from . import bench
 
-    for shape, dtype, fmt, k, mlp_bias, conv_bias in SHAPES:
+    shapes = SHAPES[:max_shapes] if max_shapes else SHAPES
+    for shape, dtype, fmt, k, mlp_bias, conv_bias in shapes:
         torch.manual_seed(0)
         tdtype = getattr(torch, dtype)
         module = cbam_fast.CBAM(shape[1], kernel_size=k).to(device=device, dtype=tdtype)
@@ -73,18 +75,20 @@ def run(modes=("fwd", "fwd_bwd"), device="cuda") -> None:
             _sync(device)
             bad = [i for i, g in enumerate(grads) if not torch.isfinite(g).all()]
             assert not bad, f"{label}: non-finite gradient(s) at positions {bad}"
-    print(f"sanitize: {len(SHAPES)} shapes done ({', '.join(modes)})", flush=True)
+    print(f"sanitize: {len(shapes)} shapes done ({', '.join(modes)})", flush=True)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.sanitize", description=__doc__.split("\n\n")[0])
     ap.add_argument("--modes", default="fwd,fwd_bwd", help="comma-separated: fwd, fwd_bwd")
+    ap.add_argument("--max-shapes", type=int, default=None,
+                    help=f"only the first N of the {len(SHAPES)} shapes (gpu_check.sh's default run: 5)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks.sanitize: needs a CUDA device")
         return 2
     os.environ["CBAM_FAST_BACKEND"] = "triton"
-    run(tuple(m for m in args.modes.split(",") if m))
+    run(tuple(m for m in args.modes.split(",") if m), max_shapes=args.max_shapes)
     return 0
 
 

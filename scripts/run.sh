@@ -3,7 +3,8 @@
 #
 #   bash scripts/run.sh test  [pytest args]   # tests/      (CPU: Triton interpreter; CUDA: compiled kernels)
 #   bash scripts/run.sh bench [pytest args]   # benchmarks/ (CUDA: timings; CPU: small-shape correctness only)
-#   (on a GPU machine, benchmarks/gpu_check.sh OUTDIR runs tests, compute-sanitizer and benchmarks in one call)
+#   (on a GPU machine, benchmarks/gpu_check.sh OUTDIR runs the target benchmarks, the end-to-end row,
+#    the GPU tests and compute-sanitizer in one call of at most ~6 minutes)
 #
 # CPU machine: installs the CPU wheel torch==2.13.0. CUDA machine: the venv sees the system's
 # torch/triton (--system-site-packages) and installs only what is missing.

@@ -61,7 +61,7 @@ KERNEL_SIZES = (3, 5, 7)
 # of the ticket's sum; MLP_BLOCK_H2: of the second layer inside the pooling loop (registers).
 NUM_STAGES = 3
 MLP_BLOCK_H = 128
-MLP_BLOCK_H2 = 64
+MLP_BLOCK_H2 = 32
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -438,7 +438,9 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     plan.launch("bwd_reduce", bwd_reduce_kernel, (N * n_pb, n_csplits),
                 (x, dy, saved.a, saved.z, dz, dzpart, psum, pmax, pidx, pdcg, cnt, C, P, c_per_split, n_csplits,
                  s_xn, s_xc, s_xp, s_gn, s_gc, s_gp),
-                dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream, BLOCK_S=16, **stages), num_warps=blk.warps,
+                # two full-size loads and four per-channel reductions per iteration: not pipelined
+                # (two or three stages spilled at the 128-register budget on sm_90)
+                dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream, BLOCK_S=16, NUM_STAGES=1), num_warps=blk.warps,
                 reads=("x", "dy"),
                 traffic=_stream_traffic(N, C, P, es, dy_stream["BLOCK_C"], blk.stream_p, loads=2, stores=0,
                                         c_per_split=c_per_split))
@@ -468,8 +470,8 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
                 (x, dz_conv, saved.smap, saved.sidx, wc, pdcg, ds, pdw, pdwn,
                  psum, pmax, pidx, saved.a, w1, b1 if has_bias else w1, w2_arg, vscr, da, idxp, dhp, prep, dpre, hs,
                  cnt[N * n_pb:], C, P, H, W, HID, c_per_split, n_csplits, N * n_csplits, s_xn, s_xc, s_xp),
-                dict(X_LAYOUT=layout, KSIZE=K, **mlp_opts, **stream, BLOCK_S=16, BLOCK_H=block_h,
-                     BLOCK_R=triton.next_power_of_2(NR), **stages),
+                dict(X_LAYOUT=layout, KSIZE=K, **mlp_opts, **stream, BLOCK_S=16, BLOCK_H=min(block_h, 32),
+                     BLOCK_CM=min(blk.stream_c, 32), BLOCK_R=triton.next_power_of_2(NR), **stages),
                 num_warps=blk.warps, reads=("x",),
                 traffic=_stream_traffic(N, C, P, es, blk.stream_c, blk.stream_p, loads=1, stores=0,
                                         c_per_split=c_per_split))

@@ -366,9 +366,10 @@ def bwd_spatial_kernel(
     s_xn, s_xc, s_xp,
     X_LAYOUT: tl.constexpr, KSIZE: tl.constexpr, POOL: tl.constexpr, TWO_LAYER: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, NUM_STAGES: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_CM: tl.constexpr, BLOCK_R: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    """Backward pass 2 (reads x) and the channel MLP's backward. Grid ``(N * NPB, n_csplits)``;
+    """Backward pass 2 (reads x) and the channel MLP's backward (its own, smaller channel tile
+    BLOCK_CM: two [BLOCK_H, BLOCK_CM] weight tiles live at once). Grid ``(N * NPB, n_csplits)``;
     program (n, pb, cs):
 
     * ``ds[n, 0, p]`` = dL/d max-map, ``ds[n, 1, p]`` = dL/d mean-map / C (transpose conv of dz;
@@ -427,7 +428,7 @@ def bwd_spatial_kernel(
             tl.store(PDWN + n * NR + o_r, acc_w, mask=o_r < NR)
         _mlp_backward_chunk(PDCG, PSUM, PMAX, PIDX, A, W1, W2, VSCR, DA, IDXP, DPRE, DHP, PREP,
                             n, cs, n_pb, C, P, HID, n_csplits, c_start, c_end,
-                            POOL, TWO_LAYER, BLOCK_C, BLOCK_S, BLOCK_H)
+                            POOL, TWO_LAYER, BLOCK_CM, BLOCK_S, BLOCK_H)
         if TWO_LAYER:
             if ticket(CNT, cnt_b + n, n_csplits):
                 _mlp_backward_sample(B1, DHP, PREP, DPRE, HS, n, HID, n_csplits, POOL, HAS_BIAS, BLOCK_H, BLOCK_S)

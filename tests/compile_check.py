@@ -11,12 +11,13 @@ and pointers) for each architecture, deduplicated, compiled with ``triton.compil
 with ``cuobjdump`` (registers, STACK/LOCAL spills). Run WITHOUT TRITON_INTERPRET
 (tests/test_compile.py runs it in a subprocess, once per Triton version).
 
-Usage: python tests/compile_check.py [--jobs N] [--arch 80 --arch 90] [--set ci|bf16|full]
+Usage: python tests/compile_check.py [--jobs N] [--arch 80 --arch 90] [--set ci|targets|bf16|full]
 
 Sets: ``full`` every benchmark call (bf16, fp16, fp32; default and timm train/eval) and every
 coverage call; ``ci`` (the default, what CI runs with the venv's Triton) the bf16 benchmark calls,
 fp16/fp32 at the last stage and one call of each other path (:func:`benchmarks.launched.ci_calls`);
-``bf16`` the bf16 benchmark calls (what CI runs with the GPU machine's Triton 3.6). Each distinct
+``bf16`` the bf16 benchmark calls; ``targets`` those of the default preset, the performance
+targets' rows (what CI runs with the GPU machine's Triton 3.6). Each distinct
 specialisation costs about a CPU-second per build, so the sets keep CI within its time budget;
 benchmarks/NOTES.md records the last ``full`` run.
 Prints one line per compiled specialisation and exits 1 if any fails to compile or spills.
@@ -67,7 +68,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--arch", type=int, action="append")
-    parser.add_argument("--set", dest="which", choices=("ci", "bf16", "full"), default="ci")
+    parser.add_argument("--set", dest="which", choices=("ci", "targets", "bf16", "full"), default="ci")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("compile_check: unset TRITON_INTERPRET (the interpreter does not compile)")
@@ -78,6 +79,7 @@ def main(argv=None):
     print(f"compile_check: triton {triton.__version__} from {os.path.dirname(triton.__file__)}", flush=True)
     archs = tuple(args.arch or [80, 90])
     calls = {"bf16": lambda: launched.benchmark_calls(dtypes=("bf16",)), "ci": launched.ci_calls,
+             "targets": lambda: [c for c in launched.benchmark_calls(dtypes=("bf16",)) if c.preset == "default"],
              "full": lambda: launched.benchmark_calls() + launched.coverage_calls()}[args.which]()
     specs, kernels = {}, set()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:

@@ -76,7 +76,7 @@ class Blocks:
     stream_c: int  # tile of every kernel with one program per (sample, position block)
     stream_p: int
     warps: int = 8  # for the pool and stream kernels: 2048-element tiles, 8 per thread
-    mlp_c: int = 32  # 64 spilled in channel_mlp_bwd_kernel on sm_80
+    mlp_c: int = 32  # tiles of the parameter-gradient kernel
     mlp_h: int = 16
     mlp_warps: int = 4
 
@@ -124,8 +124,9 @@ GRID_X_MAX, GRID_YZ_MAX = 2**31 - 1, 65535  # CUDA's grid limits
 
 
 def stream_grid(N: int, P: int, blk: "Blocks"):
-    """Grid of the kernels with one program per (sample, block of positions): one dimension,
-    since the number of position blocks alone passes CUDA's 65535 for the second one."""
+    """First grid axis of the stream passes, one program per (sample, block of positions): the
+    number of position blocks alone passes CUDA's 65535 for a second axis, which is left to the
+    channel splits."""
     return (N * triton.cdiv(P, blk.stream_p),)
 
 
@@ -137,11 +138,12 @@ def check_launchable(shape, hidden: int, blk: "Blocks") -> None:
         raise ValueError(f"cbam: H*W = {P} positions (shape {tuple(shape)}) exceeds the kernels' limit of 2**29")
     if C > MAX_CHANNELS:
         raise ValueError(f"cbam: {C} channels exceeds the kernels' limit of 2**29")
+    # the largest grid of each kind the plans can make (the stream passes' channel splits add a
+    # second axis of at most 4 programs per SM, far below its cap)
     grids = {
         "channel pooling": (N * triton.cdiv(C, blk.pool_c), 1),
         "spatial passes": stream_grid(N, P, blk),
-        "MLP backward": (N,),
-        "MLP weight gradient": (triton.cdiv(hidden, blk.mlp_h), triton.cdiv(C, blk.mlp_c)),
+        "parameter gradient": (triton.cdiv(hidden, blk.mlp_h) + 1, triton.cdiv(C, blk.mlp_c)),
     }
     for name, grid in grids.items():
         if grid[0] > GRID_X_MAX or any(d > GRID_YZ_MAX for d in grid[1:]):

@@ -193,6 +193,3 @@ def kernel_arguments(record: Record) -> tuple[tuple, dict]:
     """(positional, keyword) arguments exactly as :func:`execute` passes them to the kernel."""
     return record.args, {**record.launch.constexprs, **record.launch.options}
 
-
-def is_tensor(v) -> bool:
-    return isinstance(v, torch.Tensor)

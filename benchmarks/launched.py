@@ -37,7 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 # default: cbam_fast.cbam with the parameters of benchmarks/bench.py (CBAM(C, 16, 7) in x's dtype);
 # the others: the CBAM module preset of that name (kernel size ``k``), parameters in x's dtype
-PRESETS = ("default", "timm", "timm_light", "official", "ultralytics", "mmyolo", "luuuyi", "se_style")
+PRESETS = ("default", "timm", "timm_light", "official", "ultralytics", "mmyolo", "luuuyi", "tutorial")
 FORMAT = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
 DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
 SM_COUNT = 132  # H100 SXM / H200: what the plans are made for
@@ -123,7 +123,8 @@ class AtenCounter(TorchDispatchMode):
         if func.namespace == "cbam_fast":  # the op's Python body, under this mode
             from cbam_fast import ops
 
-            body = {"forward": ops.forward_op, "backward": ops.backward_op}[_op_name(func)]._init_fn
+            body = {"forward": ops.forward_op, "backward": ops.backward_op,
+                    "bn_update": ops.bn_update_op}[_op_name(func)]._init_fn
             with self:
                 return body(*args, **kwargs)
         out = func(*args, **kwargs)
@@ -501,6 +502,6 @@ def ci_calls() -> list[Call]:
     out += [Call(small, "fp64", fmt, "default", False, "fwd_bwd") for fmt in ("nchw", "cl")]
     out += [Call(small, "bf16", "cl", "timm_light", True, "fwd_bwd"), Call(small, "fp32", "nchw", "official", True, "fwd_bwd"),
             Call(small, "bf16", "nchw", "ultralytics", False, "fwd_bwd", k=3), Call(small, "fp32", "cl", "luuuyi", False, "fwd_bwd"),
-            Call(small, "bf16", "cl", "se_style", False, "fwd_bwd", k=5), Call(small, "fp32", "nchw", "mmyolo", False, "fwd_bwd", k=3)]
+            Call(small, "bf16", "cl", "tutorial", False, "fwd_bwd", k=5), Call(small, "fp32", "nchw", "mmyolo", False, "fwd_bwd", k=3)]
     out += [Call(small, "bf16", fmt, "default", False, "fwd_bwd", dy=dy) for fmt in ("nchw", "cl") for dy in ("expanded", "sliced")]
     return out

@@ -4,13 +4,11 @@ Data path: ``CBAM.forward`` -> :func:`cbam` (checks, dispatch, parameter mapping
 ``torch.ops.cbam_fast.forward`` / ``backward`` (registered ops with autograd, :mod:`cbam_fast.ops`)
 -> ``cbam_fast.kernels.launch`` (launchers) -> ``@triton.jit`` kernels.
 
-The kernels know one spatial conv: 2 -> 1 channels over ``[max, mean]``, plus a bias. Every other
-spatial form maps onto it with differentiable PyTorch ops on the k x k weight (tiny), so autograd
-carries the gradient back to the caller's parameters: the ``[mean, max]`` order is a flip, the
-light single-channel pool ``conv(mean / 2 + max / 2, w)`` is ``conv([max, mean], [w / 2, w / 2])``,
-and the BatchNorm goes to the op (:mod:`cbam_fast.ops`): in eval mode it is folded into the conv
-weight and bias there; in training mode it needs the batch statistics of the conv output, so the
-forward op computes that [N, 1, H, W] map with PyTorch ops between the pooling and gating kernels.
+The kernels read the spatial conv's weight in the caller's own layout (``[max, mean]``,
+``[mean, max]``, or the light single-channel pool ``conv(mean / 2 + max / 2, w)``, as the
+constexpr ``CONV_FORM``), and apply the spatial BatchNorm themselves (eval: running statistics;
+training: batch statistics from one small kernel, and one single-program kernel updating the
+running statistics in place), so a call launches no PyTorch op on the parameters or buffers.
 """
 
 from __future__ import annotations
@@ -18,11 +16,12 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 from . import reference
 from . import ops  # registers torch.ops.cbam_fast.*
 from .kernels import KERNEL_SIZES, POOL_AVG, POOL_AVG_MAX, POOL_LIGHT, acc_dtype
-from .kernels import plan
+from .kernels import launch, plan
 from .kernels.channel import channel_pool_kernel
 
 BACKENDS = ("auto", "triton", "torch")
@@ -145,15 +144,23 @@ def _bn_uses_batch_stats(bn) -> bool:
     return bn.training or bn.running_mean is None
 
 
-def _kernel_conv(conv_weight, conv_bias, spatial_pool):
-    """Map the caller's spatial conv onto the kernels' [max, mean] conv. Differentiable PyTorch
-    ops on k x k tensors; the identity for the official layout."""
-    wc = conv_weight
-    if spatial_pool == "mean_max":
-        wc = wc.flip(1)
-    elif spatial_pool == "light":
-        wc = torch.cat([wc, wc], dim=1) * 0.5
-    return wc, conv_bias
+# the conv's input layout, as the kernels read the caller's weight (no flip or concatenation op)
+CONV_FORMS = {"max_mean": launch.CONV_MAX_MEAN, "mean_max": launch.CONV_MEAN_MAX, "light": launch.CONV_LIGHT}
+
+
+def under_transform(*tensors) -> bool:
+    """True inside a ``torch.func`` transform (grad, vjp, jvp, jacrev, jacfwd, vmap, hessian,
+    functionalize), or when one of ``tensors`` is a forward-mode AD dual tensor
+    (``torch.autograd.forward_ad.make_dual``): the calls :func:`cbam` serves with the reference ops."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if active is not None:
+        if active():
+            return True
+    elif torch._C._functorch.maybe_current_level() is not None:
+        return True
+    if _forward_ad._current_level < 0:  # no forward-mode AD level is open: no tensor is dual
+        return False
+    return any(t is not None and _forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
 def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias=None, *,
@@ -179,12 +186,28 @@ def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias=N
     Differentiable in x and every parameter.
     """
     check_inputs(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, channel_pool, spatial_pool, bn)
+    if under_transform(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias,
+                       None if bn is None else bn.weight, None if bn is None else bn.bias):
+        # torch.func transforms and forward-mode AD: the registered op has no vmap or forward-mode
+        # rule (a custom_op gives zero tangents), so these calls take the exact reference math,
+        # which every transform differentiates / batches correctly (gates as the op path returns them)
+        out = reference.cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias,
+                             channel_pool=channel_pool, spatial_pool=spatial_pool, bn=bn, return_gates=return_gates)
+        if not return_gates:
+            return out
+        acc = acc_dtype(x.dtype)
+        return out[0], out[1].detach().to(acc), out[2].detach().to(acc)
     chosen = backend()
     # ONNX has no cbam_fast op: an export records the reference math (standard ONNX ops; global
     # pools as ReduceMean/ReduceMax, so none of adaptive max pooling's export problems)
-    if chosen == "torch" or (chosen == "auto" and not x.is_cuda) or torch.onnx.is_in_onnx_export():
+    if torch.onnx.is_in_onnx_export():
         return reference.cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias,
                               channel_pool=channel_pool, spatial_pool=spatial_pool, bn=bn, return_gates=return_gates)
+    if chosen == "torch" or (chosen == "auto" and not x.is_cuda):  # the reference's numbers, faster on CPU
+        from . import cpu  # (non-CPU tensors: cpu.cbam hands them to reference.cbam)
+
+        return cpu.cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias,
+                        channel_pool=channel_pool, spatial_pool=spatial_pool, bn=bn, return_gates=return_gates)
     if not x.is_cuda and not kernels_interpreted() and not plan.dry_run():
         raise RuntimeError(
             "cbam: CBAM_FAST_BACKEND=triton on a CPU tensor needs the Triton interpreter: set "
@@ -198,7 +221,6 @@ def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias=N
         acc = acc_dtype(x.dtype)
         return (y, cg.detach().to(acc), sg.detach().to(acc)) if return_gates else y
 
-    wc, bc = _kernel_conv(conv_weight, conv_bias, spatial_pool)
     bn_batch = bn is not None and _bn_uses_batch_stats(bn)
     if bn is None:
         bn_args = (None, None, None, None, ops.BN_NONE, 0.0)
@@ -207,11 +229,13 @@ def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias=N
     else:
         bn_args = (bn.weight, bn.bias, bn.running_mean, bn.running_var, ops.BN_RUNNING, float(bn.eps))
     y, a, z, _, _, _, stats = torch.ops.cbam_fast.forward(
-        x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, wc, bc, *bn_args,
-        CHANNEL_POOLS[channel_pool], fc2_weight is not None,
+        x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, *bn_args,
+        CHANNEL_POOLS[channel_pool], fc2_weight is not None, CONV_FORMS[spatial_pool],
     )
     if bn_batch and bn.training and bn.track_running_stats and bn.running_mean is not None:
-        ops.update_running_stats(bn.running_mean, bn.running_var, bn.num_batches_tracked, stats, bn.momentum)
+        # as nn.BatchNorm2d, in place: one single-program kernel (no PyTorch op on the scalars)
+        torch.ops.cbam_fast.bn_update(bn.running_mean, bn.running_var, bn.num_batches_tracked, stats.detach(),
+                                      -1.0 if bn.momentum is None else float(bn.momentum))
     if not return_gates:
         return y
     return y, torch.sigmoid(a).detach(), torch.sigmoid(z).detach().view(N, 1, H, W)

@@ -5,35 +5,34 @@
 run through the Triton interpreter on CPU (``triton_op`` cannot, so it could not be tested
 without a GPU), and the ops carry their own launch logic (pooling splits, the training-mode
 BatchNorm on the small conv-output map) that ``triton_op``'s tracing would have to re-derive.
-The ops take the parameters already mapped to the kernels' layout (see
-:func:`cbam_fast.functional._kernel_conv`); the module and the functional API call them.
+The ops take the parameters as the caller holds them (the conv weight in its own layout,
+``conv_form``: [max, mean], [mean, max] or the light one-channel form; kernels/launch.py).
 
 Forward outputs: ``y`` (x's dtype and memory format), then the small tensors the backward needs:
 ``a`` [N, C] and ``z`` [N, P] (the gates' pre-activations), ``smap`` [N, 2, P], ``sidx`` [N, P]
-int32, then for a spatial BatchNorm ``stats`` [3] = (invstd, mean, variance) and, with batch
-statistics, ``zhat`` [N, P] (the normalised conv output) (empty otherwise). ``bn_mode``:
-``BN_NONE``; ``BN_BATCH`` (training mode: batch statistics over N, H, W of the conv output, computed
-between the kernels on the small [N, 1, H, W] map; ``stats`` holds the unbiased batch variance);
-``BN_RUNNING`` (eval mode: the running statistics ``bn_mean``/``bn_var`` folded into the conv inside
-the op, no extra pass; the backward gives the BatchNorm's parameters PyTorch's own gradient
-``sum(du * zhat)``, recomputing ``zhat`` from the small map, where the fold's chain rule would
-cancel across the conv taps). The ops are
-functional: the caller updates a BatchNorm's running statistics from ``stats``
-(:func:`update_running_stats`), which keeps the forward op differentiable by ``register_autograd``.
+int32, then for a spatial BatchNorm ``zhat`` [N, P] (the normalised conv output) and ``stats``
+[3] = (invstd, mean, variance) (empty otherwise). ``bn_mode``: ``BN_NONE``; ``BN_BATCH``
+(training mode: batch statistics over N, H, W of the conv output, from one small kernel between
+the pooling and gating passes; ``stats`` holds the unbiased batch variance); ``BN_RUNNING`` (eval
+mode: the running statistics ``bn_mean``/``bn_var`` as scalar math in the gate pass). The
+backward gives the BatchNorm's parameters PyTorch's own gradients ``sum(du * zhat)`` and
+``sum(du)``, summed in backward pass 1. The ops are functional (so the forward has an autograd
+formula): the caller updates a BatchNorm's running statistics from ``stats`` with the mutating
+op ``cbam_fast::bn_update`` (one single-program kernel, no PyTorch op).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .kernels import ChannelMLP, Saved, acc_dtype, cbam_backward, cbam_forward
-from .kernels.launch import layout_of, _memory_format, prepare_input
+from .kernels import launch
+from .kernels.launch import SpatialBN, _memory_format, layout_of
+from .kernels.plan import execute
 
 
 def _prep(p):
@@ -58,8 +57,8 @@ def _device_guard(x: Tensor):
 
 
 def _no_autocast(x: Tensor):
-    """The ops compute in fp32 (fp64 for fp64 inputs) whatever autocast is active outside: the
-    few PyTorch ops inside (the training-mode BatchNorm's conv) must not be autocast to 16 bits."""
+    """The ops compute in fp32 (fp64 for fp64 inputs) whatever autocast is active outside: any
+    PyTorch op inside (a copy of an input in an unserved layout) must not be autocast."""
     return torch.autocast(x.device.type, enabled=False)
 
 
@@ -69,76 +68,7 @@ def output_format(x: Tensor):
     return _memory_format(layout) if layout is not None else torch.contiguous_format
 
 
-BN_NONE, BN_BATCH, BN_RUNNING = 0, 1, 2
-
-
-class _BatchNormTrain:
-    """Training-mode BatchNorm2d(1) of the spatial conv output with batch statistics over
-    N, H, W, as nn.BatchNorm2d computes it, on the small [N, 1, H, W] map."""
-
-    def __init__(self, wc, bc, weight, bias, eps):
-        self.wc, self.bc, self.weight, self.bias, self.eps = wc, bc, weight, bias, eps
-
-    def preact(self, smap):
-        """smap [N, 2, H, W] (acc dtype) -> BN(conv(smap)) [N, 1, H, W]."""
-        acc, k = smap.dtype, self.wc.shape[-1]
-        z = F.conv2d(smap, self.wc.detach().to(acc), None if self.bc is None else self.bc.detach().to(acc), padding=k // 2)
-        count = z.numel()
-        if count <= 1:
-            raise ValueError(f"cbam: training-mode BatchNorm needs more than 1 value per channel, got N*H*W = {count}")
-        mean, var = z.mean(), z.var(unbiased=False)
-        invstd = torch.rsqrt(var + self.eps)
-        self.stats = torch.stack([invstd, mean, var * count / (count - 1)])
-        self.zhat = (z - mean) * invstd
-        gamma = 1.0 if self.weight is None else self.weight.detach().to(acc)
-        beta = 0.0 if self.bias is None else self.bias.detach().to(acc)
-        return self.zhat * gamma + beta
-
-
-def update_running_stats(running_mean, running_var, num_batches_tracked, stats, momentum):
-    """nn.BatchNorm2d's running-statistics update from a training forward's ``stats``
-    (momentum None: cumulative average over num_batches_tracked). Tensor ops only: no host sync."""
-    with torch.no_grad():
-        if num_batches_tracked is not None:
-            num_batches_tracked.add_(1)
-        if momentum is None:
-            factor = 1.0 / num_batches_tracked.to(stats.dtype)
-        else:
-            factor = torch.full((), momentum, dtype=stats.dtype, device=stats.device)
-        running_mean.copy_((running_mean * (1 - factor) + factor * stats[1]).to(running_mean.dtype))
-        running_var.copy_((running_var * (1 - factor) + factor * stats[2]).to(running_var.dtype))
-
-
-def _running_stats(mean, var, eps, acc):
-    """stats [3] = (invstd, mean, var) of an eval-mode BatchNorm, in the acc dtype."""
-    mean, var = mean.detach().to(acc).reshape(()), var.detach().to(acc).reshape(())
-    return torch.stack([torch.rsqrt(var + eps), mean, var])
-
-
-def _fold_running_bn(wc, bc, weight, bias, stats):
-    """The conv weight and bias with an eval-mode BatchNorm folded in (acc dtype, stats' dtype):
-    ``scale = invstd * gamma``, ``wc' = wc * scale``, ``bc' = (bc - mean) * scale + beta``.
-    Returns (wc', bc' [1], scale)."""
-    acc = stats.dtype
-    invstd, mean = stats[0], stats[1]
-    scale = invstd if weight is None else invstd * weight.detach().to(acc).reshape(())
-    shift = -mean * scale
-    if bc is not None:
-        shift = shift + bc.detach().to(acc).reshape(()) * scale
-    if bias is not None:
-        shift = shift + bias.detach().to(acc).reshape(())
-    return wc.detach().to(acc) * scale, shift.reshape(1), scale
-
-
-def _bn_backward(du, zhat, invstd, weight, batch_stats):
-    """dL/d BN output -> (dL/d conv output, dL/d weight, dL/d bias); with batch statistics the
-    gradient also flows through the batch mean and variance."""
-    gamma = 1.0 if weight is None else weight.detach().to(du.dtype)
-    dweight = (du * zhat).sum().reshape(1)
-    dbias = du.sum().reshape(1)
-    if batch_stats:
-        du = du - du.mean() - zhat * (du * zhat).mean()
-    return gamma * invstd * du, dweight, dbias
+BN_NONE, BN_BATCH, BN_RUNNING = launch.BN_NONE, launch.BN_BATCH, launch.BN_RUNNING
 
 
 # ----------------------------------------------------------------------------- forward op
@@ -149,32 +79,56 @@ def forward_op(
     x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Optional[Tensor], b2: Optional[Tensor],
     wc: Tensor, bc: Optional[Tensor], bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
     bn_mean: Optional[Tensor], bn_var: Optional[Tensor], bn_mode: int, bn_eps: float, pool: int, two_layer: bool,
+    conv_form: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     acc = acc_dtype(x.dtype)
-    N, _, H, W = x.shape
-    zhat, stats = x.new_empty(0, dtype=acc), x.new_empty(0, dtype=acc)  # distinct: outputs must not alias
-    bn = None
-    if bn_mode == BN_RUNNING:
-        stats = _running_stats(bn_mean, bn_var, bn_eps, acc)
-        wc, bc, _ = _fold_running_bn(wc, bc, bn_weight, bn_bias, stats)
-    elif bn_mode == BN_BATCH:
-        bn = _BatchNormTrain(wc, bc, bn_weight, bn_bias, bn_eps)
     params = kernel_params(x, w1, b1, w2, b2, wc, bc)
     with _device_guard(x), _no_autocast(x):
-        y, saved = cbam_forward(x, *params, mlp=ChannelMLP(pool, two_layer), spatial_preact=None if bn is None else bn.preact)
-    if bn is not None:
-        zhat, stats = bn.zhat.reshape(N, H * W), bn.stats
-    return y, saved.a, saved.z, saved.smap, saved.sidx, zhat, stats
+        y, saved = cbam_forward(x, *params, mlp=ChannelMLP(pool, two_layer), conv_form=conv_form,
+                                bn=_spatial_bn(bn_mode, bn_eps, bn_weight, bn_bias, bn_mean, bn_var))
+    if bn_mode == BN_NONE:  # distinct empty tensors: outputs must not alias
+        return y, saved.a, saved.z, saved.smap, saved.sidx, x.new_empty(0, dtype=acc), x.new_empty(0, dtype=acc)
+    return y, saved.a, saved.z, saved.smap, saved.sidx, saved.zhat, saved.stats
+
+
+def _spatial_bn(bn_mode, bn_eps, weight, bias, mean, var):
+    if bn_mode == BN_NONE:
+        return None
+    if (weight is None) != (bias is None):
+        raise ValueError("cbam: the spatial BatchNorm needs both weight and bias, or neither (affine=False)")
+    return SpatialBN(bn_mode, float(bn_eps), _prep(weight), _prep(bias),
+                     _prep(mean) if bn_mode == BN_RUNNING else None, _prep(var) if bn_mode == BN_RUNNING else None)
+
+
+@torch.library.custom_op("cbam_fast::bn_update", mutates_args=("running_mean", "running_var", "num_batches_tracked"))
+def bn_update_op(running_mean: Tensor, running_var: Tensor, num_batches_tracked: Optional[Tensor], stats: Tensor,
+                 momentum: float) -> None:
+    """nn.BatchNorm2d's running-statistics update, in place, from a training forward's ``stats``
+    (``momentum`` < 0: PyTorch's ``None``, the cumulative average over num_batches_tracked):
+    one single-program kernel instead of a dozen PyTorch ops on scalars."""
+    if running_mean.numel() != 1 or running_var.numel() != 1:
+        raise ValueError("cbam: the spatial BatchNorm's running statistics must hold one value each")
+    if momentum < 0 and num_batches_tracked is None:
+        raise ValueError("cbam: a cumulative-average BatchNorm (momentum=None) needs num_batches_tracked")
+    with _device_guard(stats):
+        execute(launch.plan_bn_update(stats, running_mean, running_var, num_batches_tracked,
+                                      None if momentum < 0 else momentum))
+
+
+@bn_update_op.register_fake
+def _bn_update_fake(running_mean, running_var, num_batches_tracked, stats, momentum):
+    return None
 
 
 @forward_op.register_fake
-def _forward_fake(x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, bn_mean, bn_var, bn_mode, bn_eps, pool, two_layer):
+def _forward_fake(x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, bn_mean, bn_var, bn_mode, bn_eps, pool, two_layer,
+                  conv_form=0):
     N, C, H, W = x.shape
     P = H * W
     acc = acc_dtype(x.dtype)
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_format(x))
     small = dict(dtype=acc, device=x.device)
-    zhat = x.new_empty((N, P) if bn_mode == BN_BATCH else (0,), dtype=acc)
+    zhat = x.new_empty((N, P) if bn_mode != BN_NONE else (0,), dtype=acc)
     stats = x.new_empty((3,) if bn_mode != BN_NONE else (0,), dtype=acc)
     return (y, torch.empty((N, C), **small), torch.empty((N, P), **small), torch.empty((N, 2, P), **small),
             torch.empty((N, P), dtype=torch.int32, device=x.device), zhat, stats)
@@ -183,54 +137,27 @@ def _forward_fake(x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, bn_mean, bn_var
 # ----------------------------------------------------------------------------- backward op
 
 
-def _conv_grad_dtypes(kwc, bc, bn_mode, stats):
-    """Dtypes of the kernels' conv weight and bias gradients: the parameters' own, except with an
-    eval-mode BatchNorm folded in (both in the acc dtype, scaled afterwards: the fold's bias
-    gradient is needed even without a conv bias)."""
-    if bn_mode == BN_RUNNING:
-        return stats.dtype, stats.dtype
-    return kwc.dtype, None if bc is None else bc.dtype
-
-
 @torch.library.custom_op("cbam_fast::backward", mutates_args=())
 def backward_op(
     dy: Tensor, x: Tensor, a: Tensor, z: Tensor, smap: Tensor, sidx: Tensor, zhat: Tensor, stats: Tensor,
     w1: Tensor, b1: Optional[Tensor], w2: Optional[Tensor], b2: Optional[Tensor], wc: Tensor, bc: Optional[Tensor],
     bn_weight: Optional[Tensor], bn_mode: int, pool: int, two_layer: bool,
-    need_x: bool, need_mlp: bool, need_conv: bool,
+    need_x: bool, need_mlp: bool, need_conv: bool, conv_form: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients for x, w1, b1, w2, b2, wc (kernel layout), bc, bn weight, bn bias; an empty
+    """Gradients for x, w1, b1, w2, b2, wc (the caller's layout), bc, bn weight, bn bias; an empty
     tensor stands for a gradient that was not asked for (or a parameter that is absent)."""
-    kwc, scale = wc, None
-    if bn_mode == BN_RUNNING:  # the kernels ran the folded conv: run their backward through it
-        kwc, _, scale = _fold_running_bn(wc, bc, bn_weight, None, stats)
-    kw1, kb1, kw2, kb2, kwc, _ = kernel_params(x, w1, b1, w2, b2, kwc, None)
-    bn_grads = []
-    dz_hook = None
-    if bn_mode == BN_BATCH:
-        def dz_hook(du):
-            dz, dweight, dbias = _bn_backward(du, zhat.view_as(du), stats[0], bn_weight, batch_stats=True)
-            bn_grads.extend([dweight, dbias])
-            return dz
-
+    kw1, kb1, kw2, kb2, kwc, _ = kernel_params(x, w1, b1, w2, b2, wc, None)
+    bn = None
+    if bn_mode != BN_NONE:
+        bn = SpatialBN(bn_mode, 0.0, _prep(bn_weight))
+    saved = Saved(a=a, z=z, smap=smap, sidx=sidx, zhat=zhat if bn is not None else None,
+                  stats=stats if bn is not None else None)
     with _device_guard(x), _no_autocast(x):
-        dx, mlp_grads, conv_grads, dz = cbam_backward(
-            dy, x, Saved(a=a, z=z, smap=smap, sidx=sidx), kw1, kb1, kw2, kwc,
-            need_x=need_x, need_mlp=need_mlp, need_conv=need_conv, mlp=ChannelMLP(pool, two_layer), dz_hook=dz_hook,
-            b2=kb2, conv_grad_dtypes=_conv_grad_dtypes(kwc, bc, bn_mode, stats),
+        dx, mlp_grads, conv_grads, bn_grads, _ = cbam_backward(
+            dy, x, saved, kw1, kb1, kw2, kwc, need_x=need_x, need_mlp=need_mlp, need_conv=need_conv,
+            mlp=ChannelMLP(pool, two_layer), b2=kb2, conv_grad_dtypes=(wc.dtype, None if bc is None else bc.dtype),
+            conv_form=conv_form, bn=bn,
         )
-        if bn_mode == BN_RUNNING and need_conv:
-            # zhat recomputed on the small map as PyTorch's BatchNorm sees it, for its parameters'
-            # gradients; the conv's own gradients are the folded conv's times the scale
-            N, _, H, W = x.shape
-            acc, k = stats.dtype, math.isqrt(wc.numel() // 2)
-            zc = F.conv2d(smap.view(N, 2, H, W), wc.detach().to(acc).view(1, 2, k, k),
-                          None if bc is None else bc.detach().to(acc), padding=k // 2)
-            zhat_eval = (zc - stats[1]) * stats[0]
-            _, dweight, dbias = _bn_backward(dz.view(N, 1, H, W), zhat_eval, stats[0], bn_weight, batch_stats=False)
-            bn_grads.extend([dweight, dbias])
-            dwc_folded, dbc_folded = conv_grads
-            conv_grads = (dwc_folded * scale, dbc_folded * scale)
     dw1, db1, dw2, db2 = mlp_grads if mlp_grads is not None else (None,) * 4
     # a bias the caller did not give was zero-filled for the kernels: it gets no gradient
     db1 = db1 if b1 is not None else None
@@ -239,15 +166,14 @@ def backward_op(
     if dwc is not None:
         dwc = dwc.view_as(wc)
     dbc = dbc if bc is not None else None
-    dbn_w, dbn_b = bn_grads if bn_grads else (None, None)
+    dbn_w, dbn_b = bn_grads if bn_grads is not None and need_conv else (None, None)
     outs = (dx, dw1, db1, dw2, db2, dwc, dbc, dbn_w, dbn_b)
     return tuple(a.new_empty(0) if t is None else t for t in outs)
 
 
 @backward_op.register_fake
 def _backward_fake(dy, x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bc, bn_weight, bn_mode, pool,
-                   two_layer, need_x, need_mlp, need_conv):
-    acc = a.dtype
+                   two_layer, need_x, need_mlp, need_conv, conv_form=0):
 
     def like(p, needed, dtype=None):
         """A gradient in its parameter's dtype (the kernels write it so), or empty."""
@@ -259,16 +185,17 @@ def _backward_fake(dy, x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bc,
         return a.new_empty(n if needed else 0)
 
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_format(x)) if need_x else a.new_empty(0)
-    bn = bn_mode == BN_BATCH or (bn_mode == BN_RUNNING and need_conv)
-    conv_acc = acc if bn_mode == BN_RUNNING else None  # the folded conv's gradients are scaled in acc
+    bn = bn_mode != BN_NONE and need_conv
     return (dx, like(w1, need_mlp), like(b1, need_mlp), like(w2, need_mlp), like(b2, need_mlp),
-            like(wc, need_conv, conv_acc), like(bc, need_conv, conv_acc), sized(1, bn), sized(1, bn))
+            like(wc, need_conv), like(bc, need_conv), like(bn_weight, bn), like(bn_weight, bn))
 
 
 def _no_double_backward(ctx, *grads):
+    # not reached through cbam_fast.cbam: with create_graph=True the forward op's backward
+    # recomputes through the reference ops instead of calling this op (_backward_with_graph)
     raise RuntimeError(
-        "cbam_fast: double backward (differentiating the gradients of CBAM, create_graph=True) "
-        "is not supported; use CBAM_FAST_BACKEND=torch for higher-order gradients"
+        "cbam_fast: torch.ops.cbam_fast.backward is not differentiable; differentiate "
+        "torch.ops.cbam_fast.forward (or cbam_fast.cbam) with create_graph=True instead"
     )
 
 
@@ -281,30 +208,82 @@ _DIFF_INPUTS = ("x", "w1", "b1", "w2", "b2", "wc", "bc", "bn_weight", "bn_bias")
 
 
 def _setup_context(ctx, inputs, output):
-    (x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, _mean, _var, bn_mode, _eps, pool, two_layer) = inputs
+    (x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, _mean, _var, bn_mode, bn_eps, pool, two_layer, *rest) = inputs
+    ctx.conv_form = rest[0] if rest else 0
+    ctx.n_inputs = len(inputs)
     _, a, z, smap, sidx, zhat, stats = output
     # the auxiliary outputs never receive a gradient: do not fill zeros for them (6 launches)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias)
-    ctx.pool, ctx.two_layer, ctx.bn_mode = pool, two_layer, bn_mode
+    ctx.pool, ctx.two_layer, ctx.bn_mode, ctx.bn_eps = pool, two_layer, bn_mode, bn_eps
+
+
+_POOL_NAMES = {launch.POOL_AVG_MAX: "avg_max", launch.POOL_AVG: "avg", launch.POOL_LIGHT: "light"}
+_CONV_NAMES = {launch.CONV_MAX_MEAN: "max_mean", launch.CONV_MEAN_MAX: "mean_max", launch.CONV_LIGHT: "light"}
+
+
+def _reference_forward(ctx, x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias, stats):
+    """The op's ``y`` as differentiable PyTorch ops (cbam_fast.reference's math), for the double
+    backward. The spatial BatchNorm normalises as the forward did (batch statistics, or the
+    running statistics the forward used, from ``stats``) and never updates running statistics:
+    the forward already did, once."""
+    import torch.nn.functional as F
+
+    from . import reference
+
+    cast = [None if p is None else p.to(x.dtype) for p in (w1, b1, w2, b2, wc, bc)]
+    w1, b1, w2, b2, wc, bc = cast
+    cg = reference.channel_gate(x, w1, b1, w2 if ctx.two_layer else None, b2 if ctx.two_layer else None,
+                                _POOL_NAMES[ctx.pool])
+    x1 = x * cg[:, :, None, None]
+    k = wc.shape[-1]
+    zc = F.conv2d(reference.spatial_pools(x1, _CONV_NAMES[ctx.conv_form]), wc, bc, padding=k // 2)
+    if ctx.bn_mode != BN_NONE:
+        dtype = bn_weight.dtype if bn_weight is not None else stats.dtype
+        if ctx.bn_mode == BN_BATCH:
+            mean = var = None
+        else:  # stats = (invstd, mean, variance): the running statistics the forward read
+            mean, var = stats[1:2].detach().to(dtype), stats[2:3].detach().to(dtype)
+        zc = F.batch_norm(zc.to(dtype), mean, var, bn_weight, bn_bias, training=ctx.bn_mode == BN_BATCH,
+                          eps=ctx.bn_eps).to(x.dtype)
+    return x1 * torch.sigmoid(zc)
+
+
+def _backward_with_graph(ctx, dy, saved):
+    """create_graph=True (a gradient penalty, a Hessian-vector product, gradgradcheck): the
+    gradients are computed by autograd through the reference ops, recomputed from the saved
+    inputs, so that they are differentiable again with the right second derivatives. Slower
+    than the kernels' backward, which is not differentiable; used only when a graph is asked for."""
+    x, _, _, _, _, _, stats, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias = saved
+    params = (x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias)
+    wanted = [i for i, p in enumerate(params) if ctx.needs_input_grad[i] and p is not None]
+    y = _reference_forward(ctx, *params, stats)
+    grads = torch.autograd.grad(y, [params[i] for i in wanted], dy, create_graph=True, allow_unused=True)
+    out = [None] * len(params)
+    for i, g in zip(wanted, grads):
+        out[i] = g
+    return tuple(out) + (None,) * (ctx.n_inputs - len(out))
 
 
 def _backward(ctx, dy, *_aux_grads):
     if dy is None:  # y itself received no gradient
-        return (None,) * 15
+        return (None,) * ctx.n_inputs
+    if torch.is_grad_enabled():  # backward(create_graph=True): the engine runs this in grad mode
+        return _backward_with_graph(ctx, dy, ctx.saved_tensors)
     x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias = ctx.saved_tensors
     need = ctx.needs_input_grad
     need_mlp = any(need[1:5])
     need_conv = any(need[5:9])  # the BN parameters' gradients come from the conv's backward too
     grads = torch.ops.cbam_fast.backward(
         dy, x, a, z, smap, sidx, zhat, stats, w1, b1, w2, b2, wc, bc, bn_weight,
-        ctx.bn_mode, ctx.pool, ctx.two_layer, need[0], need_mlp, need_conv,
+        ctx.bn_mode, ctx.pool, ctx.two_layer, need[0], need_mlp, need_conv, ctx.conv_form,
     )
     params = (x, w1, b1, w2, b2, wc, bc, bn_weight, bn_bias)
     out = []
     for i, (g, p) in enumerate(zip(grads, params)):
         out.append(g.to(p.dtype) if need[i] and p is not None else None)
-    return tuple(out) + (None,) * 6  # bn_mean, bn_var, bn_mode, bn_eps, pool, two_layer
+    # bn_mean, bn_var, bn_mode, bn_eps, pool, two_layer and the optional conv_form
+    return tuple(out) + (None,) * (ctx.n_inputs - len(out))
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)

@@ -130,7 +130,7 @@ def channel_mlp_wgrad_kernel(
     VSCR, DA, DPRE, HS, DW1, DB1, DW2, DB2, PDWN, DWC, DBC,
     N, C, HID, n_htiles,
     POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MLP: tl.constexpr,
-    HAS_CONV: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, KSIZE: tl.constexpr,
+    HAS_CONV: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, KSIZE: tl.constexpr, CONV_FORM: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """The parameter gradients, each summed over the batch in a fixed order (deterministic) and
@@ -141,7 +141,9 @@ def channel_mlp_wgrad_kernel(
       per-sample rows ``VSCR`` ``[N, 2, C]``, ``DA`` ``[N, C]``, ``DPRE`` ``[N, 2, HID]``, ``HS``
       ``[N, HID]`` of backward pass 2;
     * program ``(n_htiles, 0)``: the conv weight ``DWC`` ``[2 K K]`` and bias ``DBC`` ``[1]``
-      gradients, the per-sample rows ``PDWN`` ``[N, 2 K K + 1]`` summed over the batch.
+      gradients, the per-sample rows ``PDWN`` ``[N, 2 K K + 1]`` (max taps, mean taps, bias)
+      summed over the batch and written in the caller's weight layout (CONV_FORM, as
+      ``spatial._tap_weights``: 1 swaps the two halves, 2 gives each tap half of both).
     """
     acc_ty = VSCR.dtype.element_ty
     pid_h = tl.program_id(0)
@@ -200,7 +202,14 @@ def channel_mlp_wgrad_kernel(
                 KK: tl.constexpr = KSIZE * KSIZE
                 NR: tl.constexpr = 2 * KK + 1
                 o_r = tl.arange(0, BLOCK_R)
-                acc_w = sum_rows(PDWN, 0, N, NR, o_r, o_r < NR, BLOCK_N)
-                tl.store(DWC + o_r, acc_w.to(DWC.dtype.element_ty), mask=o_r < 2 * KK)
+                o_src = o_r
+                if CONV_FORM == 1:  # the caller's [mean, max] taps from the kernels' [max, mean] rows
+                    o_src = tl.where(o_r < KK, o_r + KK, tl.where(o_r < 2 * KK, o_r - KK, o_r))
+                acc_w = sum_rows(PDWN, 0, N, NR, o_src, o_r < NR, BLOCK_N)
+                if CONV_FORM == 2:  # one map mean / 2 + max / 2: half of each tap's two gradients
+                    acc_mean = sum_rows(PDWN, 0, N, NR, o_r + KK, o_r < KK, BLOCK_N)
+                    tl.store(DWC + o_r, (0.5 * (acc_w + acc_mean)).to(DWC.dtype.element_ty), mask=o_r < KK)
+                else:
+                    tl.store(DWC + o_r, acc_w.to(DWC.dtype.element_ty), mask=o_r < 2 * KK)
                 if HAS_CONV_BIAS:
                     tl.store(DBC + o_r - 2 * KK, acc_w.to(DBC.dtype.element_ty), mask=o_r == 2 * KK)

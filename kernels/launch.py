@@ -12,6 +12,10 @@ forward, 3 launches, 3 reads of x + 1 write of y (compulsory: 1 read + 1 write):
   2. ``spatial_pool_kernel``  reads x -> the MLP's second layer for its channel chunk (a W2 slab),
      the gate cg, max/mean over C of x*cg (x*cg never stored; chunks merged by a ticket)
   3. ``spatial_gate_kernel``  reads x -> conv of the pooled maps, sigmoid, writes y = x*cg*sg
+  The spatial conv reads its weight in the caller's layout, and a spatial BatchNorm is scalar
+  math on the conv output in pass 3 (eval: running statistics; training: batch statistics from
+  one more small launch, ``spatial_stats_kernel``, over the [N, P] conv output, between passes
+  2 and 3; the backward's two sums over N, H, W ride on backward pass 1's tickets).
   Each pass needs the complete result of the previous one (the gate needs every position's
   pool, the conv its neighbours' channel pools), so three streams over x; passes 2 and 3 hit
   L2 when x fits. The stream passes split the channels (grid (N * NPB, channel chunks)) until
@@ -38,22 +42,27 @@ Parameters are read in their own dtype (upcast after loading): no per-call cast.
 take them.
 
 Saved between forward and backward besides x: the gates' pre-activations a [N, C] and z [N, P],
-smap [N, 2, P] and sidx [N, P] (int32) -- 4 * (N*C + 4*N*P) bytes in fp32, under 5% of |x| for
-the ResNet-50 CBAM stages in 16-bit (largest: 4.5% at 2048x7x7).
+smap [N, 2, P] and sidx [N, P] (int32), with a spatial BatchNorm also zhat [N, P] -- 4 * (N*C +
+4*N*P) bytes in fp32 (4 * (N*C + 5*N*P) with the BatchNorm), under 5% of |x| for the ResNet-50
+CBAM stages in 16-bit (largest: 4.5% at 2048x7x7, 4.6% with the BatchNorm).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import struct
+from typing import Optional
 
 import torch
 import triton
 
 from .channel import channel_mlp_wgrad_kernel, channel_pool_kernel
 from .common import LAYOUT_CCONTIG, LAYOUT_PCONTIG, LAYOUT_STRIDED
-from .plan import Plan, Ref, Traffic, execute, sm_count
-from .spatial import bwd_dx_kernel, bwd_reduce_kernel, bwd_spatial_kernel, spatial_gate_kernel, spatial_pool_kernel
+from .plan import Plan, Traffic, execute, sm_count
+from .spatial import (
+    bn_running_update_kernel, bwd_dx_kernel, bwd_reduce_kernel, bwd_spatial_kernel, spatial_gate_kernel, spatial_pool_kernel, spatial_stats_kernel,
+)
 
 KERNEL_SIZES = (3, 5, 7)
 # Software-pipelining depth of the full-size loops (tl.range num_stages): a tile in flight while
@@ -229,6 +238,45 @@ class ChannelMLP:
     two_layer: bool = True
 
 
+# The spatial conv's input layout as the caller holds its weight (kernels read it as it is: no
+# flip or concatenation op per call): [max, mean] (the authors'), [mean, max] (timm, Ultralytics,
+# mmyolo, luuuyi), one channel over mean / 2 + max / 2 (timm's light module, weight [1, 1, K, K]).
+CONV_MAX_MEAN, CONV_MEAN_MAX, CONV_LIGHT = 0, 1, 2
+# The spatial BatchNorm: none, batch statistics (training), running statistics (eval).
+BN_NONE, BN_BATCH, BN_RUNNING = 0, 1, 2
+# Position tile of the training-mode BatchNorm's statistics pass (4 warps: 128 positions keep
+# its unrolled k x k gathers within the register budget; 256 spilled on sm_80 and sm_90), and the
+# tile of the single-program sums over every position block (two iterations for 32 x 56 x 56).
+STATS_BLOCK_P = 128
+BLOCK_T = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class SpatialBN:
+    """The spatial BatchNorm2d(1) of a call, applied in the kernels as scalar math on the conv
+    output. ``mode``: BN_BATCH or BN_RUNNING; ``weight``/``bias`` ``[1]`` or None (not affine);
+    ``mean``/``var`` the running statistics (BN_RUNNING), each in its own dtype."""
+
+    mode: int
+    eps: float
+    weight: Optional[torch.Tensor] = None
+    bias: Optional[torch.Tensor] = None
+    mean: Optional[torch.Tensor] = None
+    var: Optional[torch.Tensor] = None
+
+
+def _float32_pair(v: float):
+    """v as two float32 values whose float64 sum is v to 48 bits (Triton passes Python floats
+    as float32: the pair keeps a float64 factor exact enough for float64 buffers)."""
+    hi = struct.unpack("<f", struct.pack("<f", float(v)))[0]
+    return hi, float(v) - hi
+
+
+def conv_taps(wc: torch.Tensor, conv_form: int) -> int:
+    """K of a flat conv weight in the caller's layout (K*K taps per input map)."""
+    return math.isqrt(wc.numel() if conv_form == CONV_LIGHT else wc.numel() // 2)
+
+
 @dataclasses.dataclass
 class Saved:
     """What the backward needs besides x and the parameters (all small)."""
@@ -237,6 +285,8 @@ class Saved:
     z: torch.Tensor  # [N, P]    acc dtype, spatial gate pre-activation (sg = sigmoid(z))
     smap: torch.Tensor  # [N, 2, P] acc dtype
     sidx: torch.Tensor  # [N, P]    int32
+    zhat: Optional[torch.Tensor] = None  # [N, P] acc dtype, the normalised conv output (spatial BatchNorm)
+    stats: Optional[torch.Tensor] = None  # [3] acc dtype, (invstd, mean, variance) of the spatial BatchNorm
 
 
 def _pool_splits(n_rows: int, P: int, block_p: int, device: torch.device) -> int:
@@ -286,7 +336,8 @@ def _counters(device: torch.device, n: int) -> torch.Tensor:
     return buf
 
 
-def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spatial_preact=None) -> Plan:
+def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv_form: int = CONV_MAX_MEAN,
+                 bn: Optional[SpatialBN] = None) -> Plan:
     """The fused CBAM forward as a :class:`Plan` (nothing runs until :func:`execute`): three
     launches, each a full-size pass over x (kernels/channel.py and kernels/spatial.py say what
     each computes; the MLP is folded into the first two, the reductions between programs are
@@ -294,10 +345,11 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spat
 
     x: [N, C, H, W] fp16/bf16/fp32/fp64, NCHW or channels_last (other strides are copied).
     w1: [HID, C], b1: [HID] or None, w2: [C, HID] or None (single layer), b2: [C] or None (b1
-    and b2 both given or both None), wc: [2*K*K] (max taps, then mean taps), bc: [1] or None --
-    parameters contiguous, each in its own float dtype (the kernels upcast after loading).
-    spatial_preact: None, or a function ``smap [N, 2, H, W] -> pre-activation [N, 1, H, W]``
-    (the conv and a training-mode BatchNorm, in PyTorch ops) used instead of the in-kernel conv.
+    and b2 both given or both None), wc: the conv weight flattened in the caller's layout
+    ``conv_form`` (CONV_MAX_MEAN / CONV_MEAN_MAX ``[2*K*K]``, CONV_LIGHT ``[K*K]``), bc: [1] or None
+    -- parameters contiguous, each in its own float dtype (the kernels upcast after loading).
+    bn: None or the spatial BatchNorm (:class:`SpatialBN`): running statistics are scalar math in
+    the gate pass; batch statistics add one small launch (``spatial_stats``) before it.
     The plan's env holds ``y`` (x's memory format and dtype) and ``saved`` (:class:`Saved`).
     """
     check_launchable(x.shape, w1.shape[0], _served_blocks(x))  # before any copy or launch
@@ -305,7 +357,7 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spat
     N, C, H, W = x.shape
     P = H * W
     HID = w1.shape[0]
-    K = math.isqrt(wc.numel() // 2)
+    K = conv_taps(wc, conv_form)
     dev, acc = x.device, acc_dtype(x.dtype)
     blk = blocks_for(layout, x.dtype)
     es, ws = x.element_size(), w1.element_size()
@@ -323,7 +375,7 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spat
     n_pb = triton.cdiv(P, blk.stream_p)
     c_per_split = _channel_splits(N * n_pb, C, blk.stream_c, dev)
     n_csplits = triton.cdiv(C, c_per_split)
-    cnt = _counters(dev, N * n_cblocks + N + N * n_pb)
+    cnt = _counters(dev, N * n_cblocks + N + N * n_pb + 1)
     psum = _empty((N, n_splits, C), acc, dev)
     pmax = _empty((N, n_splits, C), acc, dev)
     pre = _empty((N, n_cblocks, 2, HID), acc, dev)
@@ -355,52 +407,82 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spat
                                 min(blk.stream_p, P) * c_per_split * es + w2_bytes,
                                 blk.stream_c * blk.stream_p * es))
 
+    bn_mode = BN_NONE if bn is None else bn.mode
     gate_map = smap
-    if spatial_preact is not None:
-        def preact(env):
-            env["pre_act"] = spatial_preact(smap.view(N, 2, H, W)).reshape(N, P).to(acc).contiguous()
+    zhat = _empty((N, P), acc, dev) if bn_mode != BN_NONE else None
+    stats = _empty((3,), acc, dev) if bn_mode != BN_NONE else None
+    if bn_mode == BN_BATCH:
+        # the batch statistics of the conv output over N, H, W, before any position can be gated
+        zc = _empty((N, P), acc, dev)
+        n_tiles = N * triton.cdiv(P, STATS_BLOCK_P)
+        tpart = _empty((n_tiles, 3), acc, dev)
+        plan.launch("spatial_stats", spatial_stats_kernel, (n_tiles,),
+                    (smap, wc, bc if bc is not None else wc, zc, tpart, stats, cnt[N * n_cblocks + N + N * n_pb:],
+                     P, H, W, n_tiles, N * P, float(bn.eps)),
+                    dict(KSIZE=K, CONV_FORM=conv_form, HAS_CONV_BIAS=bc is not None, BLOCK_P=STATS_BLOCK_P,
+                         BLOCK_T=BLOCK_T),
+                    num_warps=4,
+                    traffic=Traffic(4 * N * P * 3, 4 * 2 * (STATS_BLOCK_P + 2 * K * K), 4 * 2 * STATS_BLOCK_P, "l2"))
+        gate_map = zc
 
-        plan.torch_step("spatial_preact", preact)
-        gate_map = Ref("pre_act")
-
-    # pass 3: the k x k conv of the pooled maps, the spatial gate, y = x * cg * sg
+    # pass 3: the k x k conv of the pooled maps (and the BatchNorm), the spatial gate, y = x * cg * sg
     y = _empty(x.shape, x.dtype, dev, _memory_format(layout))
     _, (y_n, y_c, y_p) = layout_of(y)
     z = _empty((N, P), acc, dev)
+    affine = bn is not None and bn.weight is not None
+    any_t = z  # a pointer argument a compiled-out branch never reads
     plan.launch("spatial_gate", spatial_gate_kernel, (N * n_pb, n_csplits),
-                (x, y, a, gate_map, wc, bc if bc is not None else wc, z, C, P, H, W, c_per_split,
+                (x, y, a, gate_map, wc, bc if bc is not None else wc, z,
+                 *(t if t is not None else any_t for t in (zhat, bn and bn.weight, bn and bn.bias, bn and bn.mean,
+                                                           bn and bn.var, stats)),
+                 C, P, H, W, c_per_split, float(bn.eps) if bn is not None else 0.0,
                  s_n, s_c, s_p, y_n, y_c, y_p),
-                dict(LAYOUT=layout, KSIZE=K if spatial_preact is None else 1,
-                     HAS_CONV_BIAS=spatial_preact is None and bc is not None, PRE_ACT=spatial_preact is not None,
+                dict(LAYOUT=layout, KSIZE=K if bn_mode != BN_BATCH else 1, CONV_FORM=conv_form,
+                     HAS_CONV_BIAS=bn_mode != BN_BATCH and bc is not None, BN=bn_mode, BN_AFFINE=affine,
                      BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, **stages),
                 num_warps=blk.warps, reads=("x",), writes=("y",),
                 traffic=Traffic(2 * S, min(blk.stream_p, P) * c_per_split * es, blk.stream_c * blk.stream_p * es))
-    plan.env.update(y=y, saved=Saved(a=a, z=z, smap=smap, sidx=sidx))
+    plan.env.update(y=y, saved=Saved(a=a, z=z, smap=smap, sidx=sidx, zhat=zhat, stats=stats))
     return plan
 
 
-def cbam_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), spatial_preact=None):
+def cbam_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv_form: int = CONV_MAX_MEAN,
+                 bn: Optional[SpatialBN] = None):
     """Fused CBAM forward (arguments as :func:`plan_forward`). Returns (y, Saved)."""
-    env = execute(plan_forward(x, w1, b1, w2, b2, wc, bc, mlp=mlp, spatial_preact=spatial_preact))
+    env = execute(plan_forward(x, w1, b1, w2, b2, wc, bc, mlp=mlp, conv_form=conv_form, bn=bn))
     return env["y"], env["saved"]
+
+
+def plan_bn_update(stats, running_mean, running_var, num_batches_tracked, momentum) -> Plan:
+    """A training-mode BatchNorm's running-statistics update from a forward's batch ``stats``
+    (one single-program launch, in place; ``momentum`` None: the cumulative average)."""
+    plan = Plan()
+    plan.launch("bn_update", bn_running_update_kernel, (1,),
+                (stats, running_mean, running_var, num_batches_tracked if num_batches_tracked is not None else stats,
+                 *_float32_pair(-1.0 if momentum is None else momentum)),
+                dict(HAS_NBT=num_batches_tracked is not None), num_warps=1,
+                traffic=Traffic(64, 64, 64, "l2"))
+    return plan
 
 
 # ----------------------------------------------------------------------------- backward
 
 
 def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: bool, need_conv: bool,
-                  mlp: ChannelMLP = ChannelMLP(), dz_hook=None, b2=None, conv_grad_dtypes=None) -> Plan:
+                  mlp: ChannelMLP = ChannelMLP(), b2=None, conv_grad_dtypes=None, conv_form: int = CONV_MAX_MEAN,
+                  bn: Optional[SpatialBN] = None) -> Plan:
     """The fused CBAM backward as a :class:`Plan`.
 
     dy: [N, C, H, W] in any strides (stride-0 expanded included); x, the parameters and ``mlp``
-    as given to :func:`plan_forward`. dz_hook: None, or a function mapping dL/d(pre-activation)
-    ``[N, 1, H, W]`` to dL/d(conv output) (the backward of ``spatial_preact``'s BatchNorm).
-    b2: the second-layer bias (for its gradient's dtype) or None; conv_grad_dtypes: the dtypes of
-    the conv weight's and bias's gradients (None for the bias: not wanted); default (wc's, None).
+    as given to :func:`plan_forward` (``saved.zhat`` and ``saved.stats`` from it with a BatchNorm;
+    ``bn`` its weight for the scale). b2: the second-layer bias (for its gradient's dtype) or
+    None; conv_grad_dtypes: the dtypes of the conv weight's and bias's gradients (None for the
+    bias: not wanted); default (wc's, None).
     The env holds ``dx`` (or None), ``mlp_grads`` ((dw1, db1, dw2, db2) or None), ``conv_grads``
-    ((dwc, dbc or None) or None) and ``dz``: dx in x's dtype and memory format, each parameter
-    gradient in its parameter's dtype (written so by the kernels: no cast afterwards; dwc flat
-    ``[2*K*K]``, dbc ``[1]``), dz the ``[N, P]`` gradient of the spatial gate's pre-activation.
+    ((dwc, dbc or None) or None), ``bn_grads`` ((dweight, dbias) ``[1]`` in the BatchNorm weight's dtype, or None) and
+    ``dz``: dx in x's dtype and memory format, each parameter gradient in its parameter's dtype
+    (written so by the kernels: no cast afterwards; dwc flat in the caller's layout, dbc ``[1]``),
+    dz the ``[N, P]`` gradient of the spatial gate's pre-activation (after the BatchNorm).
     """
     check_launchable(x.shape, w1.shape[0], _served_blocks(x))
     x, layout, (s_xn, s_xc, s_xp) = prepare_input(x)
@@ -412,7 +494,7 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     N, C, H, W = x.shape
     P = H * W
     HID = w1.shape[0]
-    K = math.isqrt(wc.numel() // 2)
+    K = conv_taps(wc, conv_form)
     dev, acc = x.device, acc_dtype(x.dtype)
     blk = blocks_for(layout, x.dtype)
     es = x.element_size()
@@ -420,7 +502,9 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     stream = dict(BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p)
     dy_stream = dict(stream, BLOCK_C=dy_block_c(blk, layout, dy_layout))
     plan = Plan()
-    plan.env.update(dx=None, mlp_grads=None, conv_grads=None)
+    plan.env.update(dx=None, mlp_grads=None, conv_grads=None, bn_grads=None)
+    bn_mode = BN_NONE if bn is None else bn.mode
+    affine = bn is not None and bn.weight is not None
 
     c_per_split = _channel_splits(N * n_pb, C, blk.stream_c, dev)
     n_csplits = triton.cdiv(C, c_per_split)
@@ -428,32 +512,36 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     mlp_opts = dict(POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias)
     stages = dict(NUM_STAGES=NUM_STAGES)
     block_h = min(triton.next_power_of_2(HID), MLP_BLOCK_H2)
-    cnt = _counters(dev, N * n_pb + N * n_csplits + N)
+    cnt = _counters(dev, N * n_pb + N * n_csplits + N + 1)
 
-    # pass 1: dz, first half of dL/dcg, channel-pool partials (one split per position block)
+    # pass 1: dz, first half of dL/dcg, channel-pool partials (one split per position block);
+    # with a BatchNorm its two sums over N, H, W (its parameters' gradients)
     dz = _empty((N, P), acc, dev)
+    bnpart = _empty((N * n_pb, 2), acc, dev) if bn_mode != BN_NONE else dz
+    bnsum = _empty((2,), acc, dev) if bn_mode != BN_NONE else dz
+    dbnw = _empty((1,), bn.weight.dtype, dev) if affine else dz  # the parameters' dtype: no cast after
+    dbnb = _empty((1,), bn.weight.dtype, dev) if affine else dz
+    zhat = saved.zhat if bn_mode != BN_NONE else dz
+    stats = saved.stats if bn_mode != BN_NONE else dz
     dzpart = _empty((N, n_csplits, P) if n_csplits > 1 else (1,), acc, dev)
     psum = _empty((N, n_pb, C), acc, dev)
     pmax = _empty((N, n_pb, C), acc, dev)
     pidx = _empty((N, n_pb, C), torch.int32, dev)
     pdcg = _empty((N, n_pb, C), acc, dev)
     plan.launch("bwd_reduce", bwd_reduce_kernel, (N * n_pb, n_csplits),
-                (x, dy, saved.a, saved.z, dz, dzpart, psum, pmax, pidx, pdcg, cnt, C, P, c_per_split, n_csplits,
+                (x, dy, saved.a, saved.z, dz, dzpart, psum, pmax, pidx, pdcg, cnt, zhat, bnpart, bnsum, dbnw, dbnb,
+                 cnt[N * n_pb + N * n_csplits + N:], C, P, c_per_split, n_csplits, N * n_pb,
                  s_xn, s_xc, s_xp, s_gn, s_gc, s_gp),
                 # two full-size loads and four per-channel reductions per iteration: not pipelined
                 # (two or three stages spilled at the 128-register budget on sm_90)
-                dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, **dy_stream, BLOCK_S=16, NUM_STAGES=1), num_warps=blk.warps,
+                dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, BN=bn_mode, BN_AFFINE=affine, **dy_stream, BLOCK_S=16,
+                     BLOCK_T=BLOCK_T, NUM_STAGES=2), num_warps=blk.warps,
                 reads=("x", "dy"),
                 traffic=_stream_traffic(N, C, P, es, dy_stream["BLOCK_C"], blk.stream_p, loads=2, stores=0,
                                         c_per_split=c_per_split))
     plan.env["dz"] = dz
-    dz_conv = dz
-    if dz_hook is not None:
-        def hook(env):
-            env["dz_conv"] = dz_hook(dz.view(N, 1, H, W)).reshape(N, P).to(acc).contiguous()
-
-        plan.torch_step("dz_hook", hook)
-        dz_conv = Ref("dz_conv")
+    if affine:
+        plan.env["bn_grads"] = (dbnw, dbnb)
 
     # pass 2: transposed conv, conv weight partials, second half of dL/dcg; the MLP backward
     NR = 2 * K * K + 1
@@ -469,10 +557,12 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     hs = _empty((N, HID), acc, dev)
     w2_arg = w2 if w2 is not None else w1
     plan.launch("bwd_spatial", bwd_spatial_kernel, (N * n_pb, n_csplits),
-                (x, dz_conv, saved.smap, saved.sidx, wc, pdcg, ds, pdw, pdwn,
+                (x, dz, saved.smap, saved.sidx, wc, pdcg, ds, pdw, pdwn,
                  psum, pmax, pidx, saved.a, w1, b1 if has_bias else w1, w2_arg, vscr, da, idxp, dhp, prep, dpre, hs,
-                 cnt[N * n_pb:], C, P, H, W, HID, c_per_split, n_csplits, N * n_csplits, s_xn, s_xc, s_xp),
-                dict(X_LAYOUT=layout, KSIZE=K, **mlp_opts, **stream, BLOCK_S=16, BLOCK_H=min(block_h, 32),
+                 cnt[N * n_pb:], zhat, bnsum, stats, bn.weight if affine else dz,
+                 C, P, H, W, HID, c_per_split, n_csplits, N * n_csplits, N * P, s_xn, s_xc, s_xp),
+                dict(X_LAYOUT=layout, KSIZE=K, CONV_FORM=conv_form, BN=bn_mode, BN_AFFINE=affine, **mlp_opts, **stream,
+                     BLOCK_S=16, BLOCK_H=min(block_h, 32),
                      BLOCK_CM=min(blk.stream_c, 32), BLOCK_R=triton.next_power_of_2(NR), **stages),
                 num_warps=blk.warps, reads=("x",),
                 traffic=_stream_traffic(N, C, P, es, blk.stream_c, blk.stream_p, loads=1, stores=0,
@@ -486,7 +576,7 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
         dw2 = _empty((C, HID), w2.dtype, dev) if need_mlp and mlp.two_layer else None
         db2 = _empty((C,), (b2 if b2 is not None else b1).dtype, dev) if need_mlp and has_bias and mlp.two_layer else None
         w_dt, b_dt = conv_grad_dtypes or (wc.dtype, None)
-        dwc = _empty((2 * K * K,), w_dt, dev) if need_conv else None
+        dwc = _empty((wc.numel(),), w_dt, dev) if need_conv else None
         dbc = _empty((1,), b_dt, dev) if need_conv and b_dt is not None else None
         n_htiles = triton.cdiv(HID, blk.mlp_h) if need_mlp else 0
         n_ctiles = triton.cdiv(C, blk.mlp_c) if need_mlp else 1
@@ -495,6 +585,7 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
                     (vscr, da, dpre, hs, *(t if t is not None else some for t in (dw1, db1, dw2, db2)), pdwn,
                      dwc if dwc is not None else some, dbc if dbc is not None else some, N, C, HID, n_htiles),
                     dict(**mlp_opts, HAS_MLP=need_mlp, HAS_CONV=need_conv, HAS_CONV_BIAS=dbc is not None, KSIZE=K,
+                         CONV_FORM=conv_form,
                          BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, BLOCK_R=triton.next_power_of_2(NR), BLOCK_N=16),
                     num_warps=blk.mlp_warps,
                     traffic=Traffic(4 * N * (4 * C + 3 * HID) + 4 * 2 * HID * C,
@@ -509,7 +600,8 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
         dx = _empty(x.shape, x.dtype, dev, _memory_format(layout))
         _, (s_dn, s_dc, s_dp) = layout_of(dx)
         plan.launch("bwd_dx", bwd_dx_kernel, (N * n_pb, n_csplits),
-                    (dy, dx, saved.a, saved.z, ds, saved.sidx, w1, dpre, idxp, C, P, HID, c_per_split,
+                    (dy, dx, saved.a, saved.z, ds, saved.sidx, w1, dpre, idxp, _empty((N, 2, C), acc, dev),
+                     C, P, HID, c_per_split,
                      s_gn, s_gc, s_gp, s_dn, s_dc, s_dp),
                     dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, POOL=mlp.pool, **dy_stream, BLOCK_H=block_h, **stages),
                     num_warps=blk.warps, reads=("dy",), writes=("dx",),
@@ -520,9 +612,8 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
 
 
 def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: bool, need_conv: bool,
-                  mlp: ChannelMLP = ChannelMLP(), dz_hook=None, **kw):
-    """Fused CBAM backward (arguments as :func:`plan_backward`).
-    Returns (dx or None, (dw1, db1, dw2, db2) or None, (dwc, dbc) or None, dz)."""
-    env = execute(plan_backward(dy, x, saved, w1, b1, w2, wc, need_x, need_mlp, need_conv, mlp=mlp, dz_hook=dz_hook,
-                                **kw))
-    return env["dx"], env["mlp_grads"], env["conv_grads"], env["dz"]
+                  mlp: ChannelMLP = ChannelMLP(), **kw):
+    """Fused CBAM backward (arguments as :func:`plan_backward`). Returns (dx or None,
+    (dw1, db1, dw2, db2) or None, (dwc, dbc) or None, (dbn_weight, dbn_bias) or None, dz)."""
+    env = execute(plan_backward(dy, x, saved, w1, b1, w2, wc, need_x, need_mlp, need_conv, mlp=mlp, **kw))
+    return env["dx"], env["mlp_grads"], env["conv_grads"], env["bn_grads"], env["dz"]

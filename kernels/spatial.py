@@ -30,12 +30,11 @@ from .common import argmax_rows, first_argmax, merge_argmax, sigmoid, sum_rows, 
 
 
 @triton.jit
-def _channel_gate(W2, B2, HA, A, n, o_c, m_c, C, HID, store_a,
+def _channel_gate(W2, B2, HA, A, n, o_c, m_c, C, HID,
                   POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr):
     """The channel gate's pre-activation for channels o_c of sample n: with TWO_LAYER the MLP's
     second layer ``a = W2[o_c] @ HA[n] + b2`` (twice b2 for POOL 0: MLP(avg) + MLP(max)),
-    stored to ``A`` where ``store_a`` (an int, nonzero: store); else ``A[n, o_c]`` itself
-    (written by the first pass)."""
+    stored to ``A``; else ``A[n, o_c]`` itself (written by the first pass)."""
     acc_ty = A.dtype.element_ty
     if TWO_LAYER:
         a = tl.zeros(o_c.shape, dtype=acc_ty)
@@ -52,7 +51,7 @@ def _channel_gate(W2, B2, HA, A, n, o_c, m_c, C, HID, store_a,
             if POOL == 0:
                 a += b2
         a = tl.where(m_c, a, 0.0)  # masked channels: 0 * an infinite hidden unit is NaN
-        tl.store(A + n * C + o_c, a, mask=m_c & ((o_c * 0 + store_a) != 0))
+        tl.store(A + n * C + o_c, a, mask=m_c)
     else:
         a = tl.load(A + n * C + o_c, mask=m_c, other=0.0)
     return a
@@ -72,8 +71,9 @@ def spatial_pool_kernel(
     ``x * cg`` (never stored). Grid ``(N * NPB, n_csplits)``; program (n, pb, cs) covers BLOCK_P
     positions and the channels ``[cs * c_per_split, ...)``:
 
-    * ``a = W2 @ HA[n] + b2`` for its channels (one ``[BLOCK_C, HID]`` slab of W2 per channel
-      block; the gate's pre-activation, stored to ``A`` ``[N, C]`` by the pb = 0 programs);
+    * ``a = W2 @ HA[n] + b2`` for its channels, before the stream loop (one ``[BLOCK_C, HID]``
+      slab of W2 per channel block; the gate's pre-activation, stored to ``A`` ``[N, C]`` by every
+      position block, equal values, and read back in the loop);
     * max (first channel on ties, NaN wins, as torch.max) and sum over its channels of x * cg,
       in running [BLOCK_C, BLOCK_P] accumulators reduced once after the loop;
     * with several channel splits: partial rows ``SPART`` ``[N, n_csplits, 2, P]`` (max, sum) and
@@ -90,6 +90,14 @@ def spatial_pool_kernel(
     m_p = o_p < P
     c_start = cs * c_per_split
     c_end = tl.minimum(c_start + c_per_split, C)
+    if TWO_LAYER:
+        # the chunk's gate pre-activations first (its W2 slab), stored to A by every position
+        # block of (n, cs) alike (the same bits: a benign write of equal values) and read back
+        # below: the stream loop then holds only the loads of x, which lets it pipeline
+        for c0 in range(c_start, c_end, BLOCK_C):
+            o_c = c0 + tl.arange(0, BLOCK_C)
+            _channel_gate(W2, B2, HA, A, n, o_c, o_c < c_end, C, HID, POOL, TWO_LAYER, HAS_BIAS, BLOCK_H)
+        tl.debug_barrier()  # this program's rows of A, read back by other threads
     acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_ty)
     acc_max = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=acc_ty)
     acc_idx = tl.full([BLOCK_C, BLOCK_P], 1073741823, dtype=tl.int32)  # RUNNING_SENTINEL
@@ -98,7 +106,7 @@ def spatial_pool_kernel(
         m_c = o_c < c_end
         m = m_c[:, None] & m_p[None, :]
         v = tl.load(X + tile_offsets(n, o_c, o_p, s_n, s_c, s_p, LAYOUT), mask=m, other=0.0).to(acc_ty)
-        a = _channel_gate(W2, B2, HA, A, n, o_c, m_c, C, HID, (pb == 0).to(tl.int32), POOL, TWO_LAYER, HAS_BIAS, BLOCK_H)
+        a = tl.load(A + n * C + o_c, mask=m_c, other=0.0)
         v = v * sigmoid(a)[:, None]
         acc_sum += v
         acc_max, acc_idx = merge_argmax(acc_max, acc_idx, tl.where(m, v, float("-inf")),
@@ -141,18 +149,50 @@ def _tap_row(o_p, m_p, H, W, kh, KSIZE: tl.constexpr, SIGN: tl.constexpr):
 
 
 @triton.jit
-def _conv_same(MAP, WC, n, o_p, m_p, P, H, W, KSIZE: tl.constexpr, TRANSPOSE: tl.constexpr):
-    """The 2->1 'same' k x k correlation of ``MAP`` ([N, 2, P]) at positions o_p, or, with
-    TRANSPOSE, its adjoint 1->2 applied to ``MAP`` ([N, P]): returns (channel-0, channel-1)."""
+def _tap_weights(WC, kh, o_kw, m_kw, acc_ty: tl.constexpr, KSIZE: tl.constexpr, CONV_FORM: tl.constexpr):
+    """Row kh of the conv's taps for the max map and the mean map, from the caller's own weight
+    layout (no flip or concatenation op before the launch): CONV_FORM 0 ``[max, mean]`` input
+    channels, 1 ``[mean, max]``, 2 one channel over ``mean / 2 + max / 2`` (``[1, 1, K, K]``:
+    both maps take half of each tap)."""
+    KK: tl.constexpr = KSIZE * KSIZE
+    if CONV_FORM == 2:
+        w = tl.load(WC + kh * KSIZE + o_kw, mask=m_kw, other=0.0).to(acc_ty) * 0.5
+        return w, w
+    OFF_MAX: tl.constexpr = KK if CONV_FORM == 1 else 0
+    OFF_MEAN: tl.constexpr = 0 if CONV_FORM == 1 else KK
+    w0 = tl.load(WC + OFF_MAX + kh * KSIZE + o_kw, mask=m_kw, other=0.0).to(acc_ty)
+    w1 = tl.load(WC + OFF_MEAN + kh * KSIZE + o_kw, mask=m_kw, other=0.0).to(acc_ty)
+    return w0, w1
+
+
+@triton.jit
+def _bn_grad_input(DZ, ZHAT, offs, mask, gi, c0, c1, BN: tl.constexpr):
+    """dL/d(conv output) at ``offs`` from dL/d(BatchNorm output) ``DZ``: ``gi * dz`` with running
+    statistics (BN 2), ``gi * (dz - c0 - zhat * c1)`` with batch statistics (BN 1, c0 and c1 the
+    batch means of dz and dz * zhat); ``dz`` itself without a BatchNorm. Zero where masked."""
+    d = tl.load(DZ + offs, mask=mask, other=0.0)
+    if BN == 1:
+        zh = tl.load(ZHAT + offs, mask=mask, other=0.0)
+        d = tl.where(mask, gi * (d - c0 - zh * c1), 0.0)
+    elif BN == 2:
+        d = gi * d
+    return d
+
+
+@triton.jit
+def _conv_same(MAP, WC, n, o_p, m_p, P, H, W, KSIZE: tl.constexpr, TRANSPOSE: tl.constexpr,
+               CONV_FORM: tl.constexpr, ZHAT, gi, c0, c1, BN: tl.constexpr):
+    """The 2->1 'same' k x k correlation of ``MAP`` ([N, 2, P], max then mean) at positions o_p,
+    or, with TRANSPOSE, its adjoint 1->2 applied to ``MAP`` ([N, P] dL/d(gate pre-activation),
+    taken through the BatchNorm by :func:`_bn_grad_input`): returns (max-map, mean-map) parts."""
     acc_ty = MAP.dtype.element_ty
     out0 = tl.zeros(o_p.shape, dtype=acc_ty)
     out1 = tl.zeros(o_p.shape, dtype=acc_ty)
     for kh in tl.static_range(KSIZE):
         o_kw, m_kw, o_q, m_q = _tap_row(o_p, m_p, H, W, kh, KSIZE, -1 if TRANSPOSE else 1)
-        w0 = tl.load(WC + kh * KSIZE + o_kw, mask=m_kw, other=0.0).to(acc_ty)
-        w1 = tl.load(WC + KSIZE * KSIZE + kh * KSIZE + o_kw, mask=m_kw, other=0.0).to(acc_ty)
+        w0, w1 = _tap_weights(WC, kh, o_kw, m_kw, acc_ty, KSIZE, CONV_FORM)
         if TRANSPOSE:
-            d = tl.load(MAP + n * P + o_q, mask=m_q, other=0.0)
+            d = _bn_grad_input(MAP, ZHAT, n * P + o_q, m_q, gi, c0, c1, BN)
             out0 += tl.sum(d * w0[None, :], axis=1)
             out1 += tl.sum(d * w1[None, :], axis=1)
         else:
@@ -161,22 +201,109 @@ def _conv_same(MAP, WC, n, o_p, m_p, P, H, W, KSIZE: tl.constexpr, TRANSPOSE: tl
     return out0, out1
 
 
+@triton.jit(do_not_specialize=["H", "W", "n_tiles", "count"])
+def spatial_stats_kernel(
+    SMAP, WC, BC, ZC, TPART, STATS, CNT,
+    P, H, W, n_tiles, count, bn_eps,
+    KSIZE: tl.constexpr, CONV_FORM: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """Training-mode BatchNorm of the spatial conv output (forward, between passes 2 and 3): the
+    conv ``zc = conv(smap) + bc`` ``[N, P]`` (stored to ``ZC`` for the gate pass) and its batch
+    statistics over N, H, W. Grid ``(N * cdiv(P, BLOCK_P),)``; each program stores its tile's
+    count, mean and centred sum of squares to ``TPART`` ``[n_tiles, 3]``; the last program (a
+    ticket on ``CNT[0]``) combines them in tile order (mean first, then the centred sums with the
+    tiles' offsets: no cancellation) and writes ``STATS`` = (invstd, mean, unbiased variance), as
+    nn.BatchNorm2d normalises (biased variance) and updates its running variance (unbiased).
+    Deterministic: fixed-order sums."""
+    acc_ty = SMAP.dtype.element_ty
+    n_pb = tl.cdiv(P, BLOCK_P)
+    pid = tl.program_id(0)
+    n = (pid // n_pb).to(tl.int64)
+    pb = pid % n_pb
+    o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    m_p = o_p < P
+    z0, z1 = _conv_same(SMAP, WC, n, o_p, m_p, P, H, W, KSIZE, False, CONV_FORM, ZC, 1.0, 0.0, 0.0, 0)
+    z = z0 + z1
+    if HAS_CONV_BIAS:
+        z += tl.load(BC).to(acc_ty)
+    tl.store(ZC + n * P + o_p, z, mask=m_p)
+    t_cnt = tl.sum(m_p.to(acc_ty), axis=0)
+    t_mean = tl.sum(tl.where(m_p, z, 0.0), axis=0) / t_cnt
+    t_dev = tl.where(m_p, z - t_mean, 0.0)
+    t_m2 = tl.sum(t_dev * t_dev, axis=0)
+    tl.store(TPART + pid * 3, t_cnt)
+    tl.store(TPART + pid * 3 + 1, t_mean)
+    tl.store(TPART + pid * 3 + 2, t_m2)
+    if ticket(CNT, 0, n_tiles):
+        total = count.to(acc_ty)
+        acc_s = tl.zeros([BLOCK_T], dtype=acc_ty)
+        for t0 in range(0, n_tiles, BLOCK_T):
+            o_t = t0 + tl.arange(0, BLOCK_T)
+            m_t = o_t < n_tiles
+            c_t = tl.load(TPART + o_t * 3, mask=m_t, other=0.0, cache_modifier=".cg")
+            mu_t = tl.load(TPART + o_t * 3 + 1, mask=m_t, other=0.0, cache_modifier=".cg")
+            acc_s += c_t * mu_t
+        mean = tl.sum(acc_s, axis=0) / total
+        acc_m2 = tl.zeros([BLOCK_T], dtype=acc_ty)
+        for t0 in range(0, n_tiles, BLOCK_T):
+            o_t = t0 + tl.arange(0, BLOCK_T)
+            m_t = o_t < n_tiles
+            c_t = tl.load(TPART + o_t * 3, mask=m_t, other=0.0, cache_modifier=".cg")
+            mu_t = tl.load(TPART + o_t * 3 + 1, mask=m_t, other=0.0, cache_modifier=".cg")
+            m2_t = tl.load(TPART + o_t * 3 + 2, mask=m_t, other=0.0, cache_modifier=".cg")
+            acc_m2 += m2_t + c_t * (mu_t - mean) * (mu_t - mean)
+        m2 = tl.sum(acc_m2, axis=0)
+        var_u = m2 / (total - 1.0)
+        tl.store(STATS, 1.0 / tl.sqrt(m2 / total + bn_eps))
+        tl.store(STATS + 1, mean)
+        tl.store(STATS + 2, var_u)
+
+
+@triton.jit
+def bn_running_update_kernel(STATS, RMEAN, RVAR, NBT, momentum_hi, momentum_lo, HAS_NBT: tl.constexpr):
+    """A training-mode BatchNorm2d(1)'s running-statistics update, in place, as nn.BatchNorm2d
+    does it, from the batch ``STATS`` (invstd, mean, unbiased variance) of
+    :func:`spatial_stats_kernel`: ``NBT += 1`` (HAS_NBT), ``r = (1 - f) r + f s`` for
+    ``RMEAN``/``RVAR`` in their own dtype, with ``f`` the momentum (float32 ``momentum_hi +
+    momentum_lo``: Triton passes Python floats as float32, the pair keeps a float64 factor to 48
+    bits) or, for a negative momentum (PyTorch's ``None``), ``1 / NBT``. One program."""
+    acc_ty = STATS.dtype.element_ty
+    momentum = tl.full([], momentum_hi, tl.float64) + tl.full([], momentum_lo, tl.float64)
+    f = momentum.to(acc_ty)
+    if HAS_NBT:
+        nbt = tl.load(NBT) + 1
+        tl.store(NBT, nbt)
+        if momentum < 0:
+            f = 1.0 / nbt.to(acc_ty)
+    rm = tl.load(RMEAN).to(acc_ty)
+    rv = tl.load(RVAR).to(acc_ty)
+    tl.store(RMEAN, (rm * (1.0 - f) + f * tl.load(STATS + 1)).to(RMEAN.dtype.element_ty))
+    tl.store(RVAR, (rv * (1.0 - f) + f * tl.load(STATS + 2)).to(RVAR.dtype.element_ty))
+
+
 # split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
 @triton.jit(do_not_specialize=["c_per_split", "H", "W"])
 def spatial_gate_kernel(
-    X, Y, A, SMAP, WC, BC, Z,
-    C, P, H, W, c_per_split,
+    X, Y, A, SMAP, WC, BC, Z, ZHAT, BNW, BNB, BNM, BNV, STATS,
+    C, P, H, W, c_per_split, bn_eps,
     s_xn, s_xc, s_xp, s_yn, s_yc, s_yp,
-    LAYOUT: tl.constexpr, KSIZE: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, PRE_ACT: tl.constexpr,
+    LAYOUT: tl.constexpr, KSIZE: tl.constexpr, CONV_FORM: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
+    BN: tl.constexpr, BN_AFFINE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    """Forward pass 3: z = conv(smap) + bc (stored by the first channel split), y = x * cg * sigmoid(z)
-    with ``cg = sigmoid(A)``. Grid ``(N * NPB, n_csplits)``: program (n, pb, cs) covers BLOCK_P
-    positions and the channels ``[cs * c_per_split, ...)`` (the k x k conv of the small map is
-    recomputed per split, from L2).
+    """Forward pass 3: the spatial gate's pre-activation z (stored by the first channel split) and
+    y = x * cg * sigmoid(z) with ``cg = sigmoid(A)``. Grid ``(N * NPB, n_csplits)``: program
+    (n, pb, cs) covers BLOCK_P positions and the channels ``[cs * c_per_split, ...)`` (the k x k
+    conv of the small map is recomputed per split, from L2).
 
-    With PRE_ACT, ``SMAP`` is instead the ``[N, P]`` pre-activation (conv and training-mode
-    BatchNorm already applied by the caller): ``sg = sigmoid(SMAP)``; WC, BC, KSIZE unused.
+    ``z = conv(smap) + bc`` (CONV_FORM: the caller's weight layout, :func:`_tap_weights`), then
+    the spatial BatchNorm, as scalar math on z: BN 2 (eval) with the running statistics ``BNM``,
+    ``BNV`` (``STATS`` = (invstd, mean, var) written by program 0 for the backward); BN 1
+    (training) with the batch statistics of ``STATS`` from :func:`spatial_stats_kernel`, whose
+    conv output ``SMAP`` now is (``[N, P]``; WC, BC unused). With a BatchNorm, ``ZHAT`` gets the
+    normalised conv output (its parameters' gradients need it); BN_AFFINE: weight ``BNW`` and
+    bias ``BNB``.
     """
     acc_ty = A.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
@@ -186,14 +313,33 @@ def spatial_gate_kernel(
     cs = tl.program_id(1)
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
-    if PRE_ACT:
+    first = m_p & ((o_p * 0 + cs) == 0)
+    if BN == 1:
         z = tl.load(SMAP + n * P + o_p, mask=m_p, other=0.0)
     else:
-        z0, z1 = _conv_same(SMAP, WC, n, o_p, m_p, P, H, W, KSIZE, False)
+        z0, z1 = _conv_same(SMAP, WC, n, o_p, m_p, P, H, W, KSIZE, False, CONV_FORM, Z, 1.0, 0.0, 0.0, 0)
         z = z0 + z1
         if HAS_CONV_BIAS:
             z += tl.load(BC).to(acc_ty)
-    tl.store(Z + n * P + o_p, z, mask=m_p & ((o_p * 0 + cs) == 0))  # N*P floats: kept for backward, cheap in inference
+    if BN != 0:
+        if BN == 1:
+            invstd = tl.load(STATS)
+            mean = tl.load(STATS + 1)
+        else:
+            mean = tl.load(BNM).to(acc_ty)
+            var = tl.load(BNV).to(acc_ty)
+            invstd = 1.0 / tl.sqrt(var + bn_eps)
+            if pid == 0:
+                if cs == 0:
+                    tl.store(STATS, invstd)
+                    tl.store(STATS + 1, mean)
+                    tl.store(STATS + 2, var)
+        zhat = (z - mean) * invstd
+        tl.store(ZHAT + n * P + o_p, zhat, mask=first)
+        z = zhat
+        if BN_AFFINE:
+            z = zhat * tl.load(BNW).to(acc_ty) + tl.load(BNB).to(acc_ty)
+    tl.store(Z + n * P + o_p, z, mask=first)  # N*P floats: kept for backward, cheap in inference
     sg = sigmoid(z)
     c_start = cs * c_per_split
     c_end = tl.minimum(c_start + c_per_split, C)
@@ -210,11 +356,12 @@ def spatial_gate_kernel(
 # split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
 @triton.jit(do_not_specialize=["c_per_split", "n_csplits"])
 def bwd_reduce_kernel(
-    X, DY, A, Z, DZ, DZPART, PSUM, PMAX, PIDX, PDCG, CNT,
-    C, P, c_per_split, n_csplits,
+    X, DY, A, Z, DZ, DZPART, PSUM, PMAX, PIDX, PDCG, CNT, ZHAT, BNPART, BNSUM, DBNW, DBNB, CNT_BN,
+    C, P, c_per_split, n_csplits, n_tiles,
     s_xn, s_xc, s_xp, s_gn, s_gc, s_gp,
-    X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_S: tl.constexpr, NUM_STAGES: tl.constexpr,
+    X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, BN: tl.constexpr, BN_AFFINE: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_T: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     """Backward pass 1 (reads x and dy). Grid ``(N * NPB, n_csplits)``; program (n, pb, cs), its
     BLOCK_P positions and channel chunk:
@@ -225,7 +372,12 @@ def bwd_reduce_kernel(
     * ``dz[n, p] = sg (1 - sg) sum_c dy * x * cg`` (dL/dz): a running [BLOCK_C, BLOCK_P]
       accumulator, reduced after the loop; with several channel splits, partial rows
       ``DZPART`` ``[N, n_csplits, P]`` merged in split order by the last split (ticket on
-      ``CNT[n * NPB + pb]``).
+      ``CNT[n * NPB + pb]``);
+    * with a spatial BatchNorm (BN 1 batch, 2 running statistics), the sums over N, H, W of dz
+      and dz * zhat: each position block's pair to ``BNPART`` ``[n_tiles, 2]``, summed in block
+      order by the last block (ticket on ``CNT_BN[0]``) into ``BNSUM`` -- the BatchNorm's bias
+      and weight gradients (``DBNB``, ``DBNW`` with BN_AFFINE) and, with batch statistics, the
+      means the next pass needs to take dz through the normalisation.
     """
     acc_ty = Z.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
@@ -263,7 +415,29 @@ def bwd_reduce_kernel(
     if last:
         if n_csplits > 1:
             dsg = sum_rows(DZPART, n * n_csplits, n_csplits, P, o_p, m_p, BLOCK_S)
-        tl.store(DZ + n * P + o_p, dsg * sg * sigmoid(-z), mask=m_p)
+        dz = dsg * sg * sigmoid(-z)
+        tl.store(DZ + n * P + o_p, dz, mask=m_p)
+        if BN != 0:
+            dz = tl.where(m_p, dz, 0.0)
+            zhat = tl.load(ZHAT + n * P + o_p, mask=m_p, other=0.0)
+            tile = n * n_pb + pb
+            tl.store(BNPART + tile * 2, tl.sum(dz, axis=0))
+            tl.store(BNPART + tile * 2 + 1, tl.sum(dz * zhat, axis=0))
+            if ticket(CNT_BN, 0, n_tiles):
+                acc_b = tl.zeros([BLOCK_T], dtype=acc_ty)
+                acc_w = tl.zeros([BLOCK_T], dtype=acc_ty)
+                for t0 in range(0, n_tiles, BLOCK_T):
+                    o_t = t0 + tl.arange(0, BLOCK_T)
+                    m_t = o_t < n_tiles
+                    acc_b += tl.load(BNPART + o_t * 2, mask=m_t, other=0.0, cache_modifier=".cg")
+                    acc_w += tl.load(BNPART + o_t * 2 + 1, mask=m_t, other=0.0, cache_modifier=".cg")
+                s_b = tl.sum(acc_b, axis=0)
+                s_w = tl.sum(acc_w, axis=0)
+                tl.store(BNSUM, s_b)
+                tl.store(BNSUM + 1, s_w)
+                if BN_AFFINE:
+                    tl.store(DBNB, s_b.to(DBNB.dtype.element_ty))
+                    tl.store(DBNW, s_w.to(DBNW.dtype.element_ty))
 
 
 @triton.jit
@@ -362,9 +536,11 @@ def _mlp_backward_sample(B1, DHP, PREP, DPRE, HS, n, HID, n_csplits,
 def bwd_spatial_kernel(
     X, DZ, SMAP, SIDX, WC, PDCG, DS, PDW, PDWN,
     PSUM, PMAX, PIDX, A, W1, B1, W2, VSCR, DA, IDXP, DHP, PREP, DPRE, HS, CNT,
-    C, P, H, W, HID, c_per_split, n_csplits, cnt_b,
+    ZHAT, BNSUM, STATS, BNW,
+    C, P, H, W, HID, c_per_split, n_csplits, cnt_b, bn_count,
     s_xn, s_xc, s_xp,
-    X_LAYOUT: tl.constexpr, KSIZE: tl.constexpr, POOL: tl.constexpr, TWO_LAYER: tl.constexpr,
+    X_LAYOUT: tl.constexpr, KSIZE: tl.constexpr, CONV_FORM: tl.constexpr, BN: tl.constexpr,
+    BN_AFFINE: tl.constexpr, POOL: tl.constexpr, TWO_LAYER: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_CM: tl.constexpr, BLOCK_R: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
@@ -372,9 +548,12 @@ def bwd_spatial_kernel(
     BLOCK_CM: two [BLOCK_H, BLOCK_CM] weight tiles live at once). Grid ``(N * NPB, n_csplits)``;
     program (n, pb, cs):
 
-    * ``ds[n, 0, p]`` = dL/d max-map, ``ds[n, 1, p]`` = dL/d mean-map / C (transpose conv of dz;
-      stored by the first split), and (first split) this block's share of the conv weight and
-      bias gradient, ``pdw[n * NPB + pb, :]`` (``2 * K * K`` taps, then the bias);
+    * ``ds[n, 0, p]`` = dL/d max-map, ``ds[n, 1, p]`` = dL/d mean-map / C (transpose conv of dz,
+      taken through the spatial BatchNorm first: :func:`_bn_grad_input`, with the scale
+      ``weight * invstd`` and, for batch statistics, the means of pass 1's ``BNSUM`` over
+      ``bn_count`` = N * H * W values; stored by the first split), and (first split) this
+      block's share of the conv weight and bias gradient, ``pdw[n * NPB + pb, :]`` (``2 * K * K``
+      taps in the kernels' [max, mean] order, then the bias);
     * ``pdcg[n, pb, c] += sum_{p in block} x * (ds_mean / C + [c == sidx] ds_max)`` for its
       channels, completing the block's partial of dL/dcg;
     * the last block of (n, cs) (ticket on ``CNT[n * n_csplits + cs]``) runs the MLP backward of
@@ -391,8 +570,18 @@ def bwd_spatial_kernel(
     cs = tl.program_id(1)
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
-    dz = tl.load(DZ + n * P + o_p, mask=m_p, other=0.0)
-    ds_max, ds_mean = _conv_same(DZ, WC, n, o_p, m_p, P, H, W, KSIZE, True)
+    gi = 1.0
+    c0 = 0.0
+    c1 = 0.0
+    if BN != 0:
+        gi = tl.load(STATS)
+        if BN_AFFINE:
+            gi = gi * tl.load(BNW).to(acc_ty)
+        if BN == 1:
+            c0 = tl.load(BNSUM) / bn_count.to(acc_ty)
+            c1 = tl.load(BNSUM + 1) / bn_count.to(acc_ty)
+    dz = _bn_grad_input(DZ, ZHAT, n * P + o_p, m_p, gi, c0, c1, BN)
+    ds_max, ds_mean = _conv_same(DZ, WC, n, o_p, m_p, P, H, W, KSIZE, True, CONV_FORM, ZHAT, gi, c0, c1, BN)
     ds_mean = ds_mean / C
     first = (o_p * 0 + cs) == 0
     tl.store(DS + (n * 2) * P + o_p, ds_max, mask=m_p & first)
@@ -437,7 +626,7 @@ def bwd_spatial_kernel(
 # split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
 @triton.jit(do_not_specialize=["c_per_split"])
 def bwd_dx_kernel(
-    DY, DX, A, Z, DS, SIDX, W1, DPRE, IDXP,
+    DY, DX, A, Z, DS, SIDX, W1, DPRE, IDXP, DV,
     C, P, HID, c_per_split,
     s_gn, s_gc, s_gp, s_dn, s_dc, s_dp,
     X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, POOL: tl.constexpr,
@@ -447,8 +636,10 @@ def bwd_dx_kernel(
 
     ``dx = (dy sg + ds_mean/C + [c == sidx] ds_max) cg + davg/P + [p == argmax_p] dmax``, where
     the pooled vectors' gradients come through the first layer, ``dv_j = W1^T dL/dpre_j`` (one
-    ``[HID, BLOCK_C]`` slab of W1 per channel tile); every other term from small saved or
-    pass-2 tensors. dx is allocated in x's memory format, so its layout is ``X_LAYOUT``.
+    ``[HID, BLOCK_C]`` slab of W1 per channel tile, before the stream loop: every position block
+    of (n, cs) writes the same ``DV`` ``[N, 2, C]`` values, read back in the loop, which then
+    holds only the loads of dy and so pipelines); every other term from small saved or pass-2
+    tensors. dx is allocated in x's memory format, so its layout is ``X_LAYOUT``.
     """
     acc_ty = Z.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
@@ -464,12 +655,9 @@ def bwd_dx_kernel(
     sidx = tl.load(SIDX + n * P + o_p, mask=m_p, other=-1)
     c_start = cs * c_per_split
     c_end = tl.minimum(c_start + c_per_split, C)
-    for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=NUM_STAGES):
+    for c0 in range(c_start, c_end, BLOCK_C):
         o_c = c0 + tl.arange(0, BLOCK_C)
         m_c = o_c < c_end
-        m = m_c[:, None] & m_p[None, :]
-        g = tl.load(DY + tile_offsets(n, o_c, o_p, s_gn, s_gc, s_gp, DY_LAYOUT), mask=m, other=0.0).to(acc_ty)
-        cg = sigmoid(tl.load(A + n * C + o_c, mask=m_c, other=0.0))
         d_v0 = tl.zeros([BLOCK_C], dtype=acc_ty)
         d_v1 = tl.zeros([BLOCK_C], dtype=acc_ty)
         for h0 in range(0, HID, BLOCK_H):
@@ -489,7 +677,18 @@ def bwd_dx_kernel(
         else:
             d_avg = 0.5 * d_v0
             d_max = 0.5 * d_v0
+        tl.store(DV + (n * 2) * C + o_c, d_avg / P, mask=m_c)
+        tl.store(DV + (n * 2 + 1) * C + o_c, d_max, mask=m_c)
+    tl.debug_barrier()  # this program's rows of DV, read back by other threads
+    for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=NUM_STAGES):
+        o_c = c0 + tl.arange(0, BLOCK_C)
+        m_c = o_c < c_end
+        m = m_c[:, None] & m_p[None, :]
+        g = tl.load(DY + tile_offsets(n, o_c, o_p, s_gn, s_gc, s_gp, DY_LAYOUT), mask=m, other=0.0).to(acc_ty)
+        cg = sigmoid(tl.load(A + n * C + o_c, mask=m_c, other=0.0))
+        d_avg = tl.load(DV + (n * 2) * C + o_c, mask=m_c, other=0.0)
+        d_max = tl.load(DV + (n * 2 + 1) * C + o_c, mask=m_c, other=0.0)
         idxp = tl.load(IDXP + n * C + o_c, mask=m_c, other=-1)
         dx1 = g * sg[None, :] + ds_mean[None, :] + tl.where(o_c[:, None] == sidx[None, :], ds_max[None, :], 0.0)
-        dx = dx1 * cg[:, None] + (d_avg / P)[:, None] + tl.where(o_p[None, :] == idxp[:, None], d_max[:, None], 0.0)
+        dx = dx1 * cg[:, None] + d_avg[:, None] + tl.where(o_p[None, :] == idxp[:, None], d_max[:, None], 0.0)
         tl.store(DX + tile_offsets(n, o_c, o_p, s_dn, s_dc, s_dp, X_LAYOUT), dx.to(DX.dtype.element_ty), mask=m)

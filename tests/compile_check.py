@@ -17,7 +17,8 @@ Sets: ``full`` every benchmark call (bf16, fp16, fp32; default and timm train/ev
 coverage call; ``ci`` (the default, what CI runs with the venv's Triton) the bf16 benchmark calls,
 fp16/fp32 at the last stage and one call of each other path (:func:`benchmarks.launched.ci_calls`);
 ``bf16`` the bf16 benchmark calls; ``targets`` those of the default preset, the performance
-targets' rows (what CI runs with the GPU machine's Triton 3.6). Each distinct
+targets' rows, and the timm preset in training mode at two stages (the end-to-end row's
+module; what CI runs with the GPU machine's Triton 3.6). Each distinct
 specialisation costs about a CPU-second per build, so the sets keep CI within its time budget;
 benchmarks/NOTES.md records the last ``full`` run.
 Prints one line per compiled specialisation and exits 1 if any fails to compile or spills.
@@ -37,6 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/
 import warnings  # noqa: E402
 
 warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
+
+
+# The end-to-end row's CBAM (timm's, training, channels_last) at its first and last stage: the
+# GPU machine's Triton must also build the BatchNorm kernels (statistics, running update).
+E2E_STAGES = ((256, 56, 56), (2048, 7, 7))
 
 
 def _specs_of(job):
@@ -79,7 +85,8 @@ def main(argv=None):
     print(f"compile_check: triton {triton.__version__} from {os.path.dirname(triton.__file__)}", flush=True)
     archs = tuple(args.arch or [80, 90])
     calls = {"bf16": lambda: launched.benchmark_calls(dtypes=("bf16",)), "ci": launched.ci_calls,
-             "targets": lambda: [c for c in launched.benchmark_calls(dtypes=("bf16",)) if c.preset == "default"],
+             "targets": lambda: [c for c in launched.benchmark_calls(dtypes=("bf16",)) if c.preset == "default"]
+             + [launched.Call((32, *chw), "bf16", "cl", "timm", True, "fwd_bwd") for chw in E2E_STAGES],
              "full": lambda: launched.benchmark_calls() + launched.coverage_calls()}[args.which]()
     specs, kernels = {}, set()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import cbam_fast
-from cbam_fast.functional import _kernel_conv
+from cbam_fast.functional import CONV_FORMS
 from cbam_fast.ops import BN_BATCH, BN_NONE, BN_RUNNING
 from utils import module_gate_fn, tie_free_input
 
@@ -29,15 +29,14 @@ def _op_args(m, x, requires_grad=True):
     """Arguments of torch.ops.cbam_fast.forward for module m (kernel-layout conv weight)."""
     """Arguments of torch.ops.cbam_fast.forward for module m (kernel-layout conv weight; a
     BatchNorm with batch statistics in training mode, folded running statistics in eval mode)."""
-    wc, bc = _kernel_conv(m.conv.weight, m.conv.bias, m.spatial_pool)
-    p = [m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, wc.detach(), bc]
+    p = [m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, m.conv.weight, m.conv.bias]
     p = [None if t is None else t.detach().clone().requires_grad_(requires_grad) for t in p]
     bn_args = (None, None, None, None, BN_NONE, 0.0)
     if m.bn is not None:
         running = (None, None, BN_BATCH) if m.bn.training else (m.bn.running_mean.clone(), m.bn.running_var.clone(), BN_RUNNING)
         bn_args = (m.bn.weight.detach().clone().requires_grad_(requires_grad),
                    m.bn.bias.detach().clone().requires_grad_(requires_grad), *running, m.bn.eps)
-    return (x.clone().requires_grad_(requires_grad), *p, *bn_args, 0, True)
+    return (x.clone().requires_grad_(requires_grad), *p, *bn_args, 0, True, CONV_FORMS[m.spatial_pool])
 
 
 @pytest.mark.parametrize(
@@ -175,6 +174,237 @@ def test_save_load_round_trip(triton_backend, device, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), y)
         assert torch.equal(fresh(x), y)
+
+
+# ----------------------------------------------------------------------------- torch.func, forward AD, double backward, TorchScript
+# A custom_op has no forward-mode or functorch rule: under a transform cbam_fast.cbam takes the
+# reference ops (exact), and create_graph=True recomputes the backward through them. Each test
+# runs on the Triton path (the one that gave zero tangents and misleading errors) and compares
+# with the reference math under the same transform, or with the fused path's own plain autograd.
+
+
+class _ReferenceOf(nn.Module):
+    """cbam_fast.reference.cbam over a CBAM's own submodules (the same parameter names), so that
+    torch.func.functional_call substitutes the same parameters into both."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+        self.fc1, self.fc2, self.conv, self.bn = m.fc1, m.fc2, m.conv, m.bn
+
+    def forward(self, x):
+        return cbam_fast.reference.cbam(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+                                        self.conv.weight, self.conv.bias, channel_pool=self.m.channel_pool,
+                                        spatial_pool=self.m.spatial_pool, bn=self.bn)
+
+
+def _small_cbam(bn, device, seed=7):
+    """fp64 CBAM with every kind of parameter (both MLP biases, a conv bias, the [mean, max]
+    conv); bn: "none", "train" (batch statistics) or "eval" (running statistics)."""
+    torch.manual_seed(seed)
+    m = cbam_fast.CBAM(4, 2, 3, conv_bias=True, spatial_pool="mean_max", spatial_bn=bn != "none").double().to(device)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn_like(p) * 0.5 + (1.0 if p.shape == (1,) else 0.0))
+        if m.bn is not None:
+            m.bn.running_mean.fill_(0.2)
+            m.bn.running_var.fill_(0.8)
+    return m.train(bn == "train")
+
+
+def _transform_case(bn, device):
+    """bn "train": batch statistics without running statistics, as torch.func wants a BatchNorm
+    (torch.func.replace_all_batch_norm_modules_: an nn.BatchNorm2d updating captured buffers is
+    refused inside grad/vjp/jvp by PyTorch itself)."""
+    m = _small_cbam(bn, device)
+    if bn == "train":
+        torch.func.replace_all_batch_norm_modules_(m)
+    ref = _ReferenceOf(copy.deepcopy(m))
+    params = {n: p.detach().clone() for n, p in m.named_parameters()}
+    x = tie_free_input((2, 4, 3, 3), torch.float64, module_gate_fn(m), device)
+
+    def fast(p, xx):
+        return torch.func.functional_call(m, p, (xx,))
+
+    def slow(p, xx):
+        return torch.func.functional_call(ref, p, (xx,))
+
+    return m, ref, params, x, fast, slow
+
+
+def _assert_trees_close(a, b):
+    flat_a, spec_a = torch.utils._pytree.tree_flatten(a)
+    flat_b, spec_b = torch.utils._pytree.tree_flatten(b)
+    assert spec_a == spec_b
+    for u, v in zip(flat_a, flat_b):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
+    assert sum(v.abs().sum() for v in flat_b) > 0  # a meaningful comparison: not all zeros
+
+
+TRANSFORMS = {
+    "grad": lambda f, p, x: torch.func.grad(lambda pp, xx: f(pp, xx).square().sum(), argnums=(0, 1))(p, x),
+    "vjp": lambda f, p, x: torch.func.vjp(f, p, x)[1](torch.linspace(-1, 1, x.numel(), dtype=x.dtype,
+                                                                     device=x.device).view_as(x)),
+    "jacrev": lambda f, p, x: torch.func.jacrev(lambda xx: f(p, xx))(x),
+    "jvp": lambda f, p, x: torch.func.jvp(f, (p, x), ({n: torch.ones_like(t) for n, t in p.items()},
+                                                      torch.cos(torch.arange(x.numel(), dtype=x.dtype,
+                                                                             device=x.device)).view_as(x))),
+    "jacfwd": lambda f, p, x: torch.func.jacfwd(lambda xx: f(p, xx))(x),
+    "hessian": lambda f, p, x: torch.func.hessian(lambda xx: f(p, xx).square().sum())(x[:1, :, :2, :2].contiguous()),
+}
+
+
+@pytest.mark.parametrize("transform,bn", [(t, bn) for t in TRANSFORMS for bn in ("none", "eval", "train")
+                                          if t != "hessian" or bn == "none"])
+def test_torch_func_transforms_are_exact(triton_backend, device, transform, bn):
+    """grad, vjp, jacrev (reverse mode), jvp, jacfwd (forward mode: zero tangents before) and
+    hessian through the module on the Triton path equal the same transform of the reference
+    math; the module's buffers are left as the reference's."""
+    m, ref, params, x, fast, slow = _transform_case(bn, device)
+    got = TRANSFORMS[transform](fast, params, x)
+    want = TRANSFORMS[transform](slow, params, x)
+    _assert_trees_close(got, want)
+    for b_fast, b_ref in zip(m.buffers(), ref.m.buffers()):
+        torch.testing.assert_close(b_fast, b_ref, rtol=0, atol=0)
+
+
+def test_batch_norm_updating_buffers_is_refused_as_by_pytorch(triton_backend, device):
+    """A training-mode BatchNorm with running statistics under torch.func.grad: PyTorch refuses
+    nn.BatchNorm2d's in-place update of captured buffers; cbam_fast gives the same error (no
+    silent result)."""
+    m, ref, params, x, fast, slow = _transform_case("eval", device)
+    m.train()
+    ref.train()
+    for f in (fast, slow):
+        with pytest.raises(RuntimeError, match="in-place operation"):
+            torch.func.grad(lambda p, xx: f(p, xx).sum())(params, x)
+
+
+def test_torch_func_grad_equals_the_fused_backward(triton_backend, device):
+    """torch.func.grad (routed to the reference ops) agrees with plain autograd through the
+    kernels, and a plain call still runs the kernels (no reference op outside a transform)."""
+    m, _, params, x, fast, _ = _transform_case("train", device)
+    got = torch.func.grad(lambda p, xx: fast(p, xx).square().sum(), argnums=(0, 1))(params, x)
+    m2 = _small_cbam("train", device)
+    torch.func.replace_all_batch_norm_modules_(m2)
+    xx = x.clone().requires_grad_()
+    calls = []
+    real = cbam_fast.reference.cbam
+    try:
+        cbam_fast.reference.cbam = lambda *a, **k: calls.append(1) or real(*a, **k)
+        y = m2(xx)
+    finally:
+        cbam_fast.reference.cbam = real
+    assert not calls, "a plain call on the Triton path must not take the reference ops"
+    want = torch.autograd.grad(y.square().sum(), [*m2.parameters(), xx])
+    for (name, g), w in zip(got[0].items(), want[:-1]):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11, msg=name)
+    torch.testing.assert_close(got[1], want[-1], rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("bn", ["none", "eval"])
+def test_vmap_is_exact(triton_backend, device, bn):
+    """vmap over a stack of batches equals the fused module applied to each batch in a loop."""
+    m, _, params, x, fast, _ = _transform_case(bn, device)
+    xs = torch.stack([x, x.flip(-1), -x])
+    got = torch.func.vmap(lambda xx: fast(params, xx))(xs)
+    with torch.no_grad():
+        want = torch.stack([m(xx) for xx in xs])
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_forward_mode_dual_tensors_are_exact(triton_backend, device):
+    """torch.autograd.forward_ad dual tensors (input and parameters): the tangent is the
+    reference's (before: NotImplementedError from the op's missing jvp)."""
+    import torch.autograd.forward_ad as fwAD
+
+    m, ref, params, x, _, slow = _transform_case("eval", device)
+    tx = torch.randn_like(x)
+    tp = {n: torch.randn_like(p) for n, p in params.items()}
+    _, want = torch.func.jvp(slow, (params, x), (tp, tx))
+    with fwAD.dual_level():
+        dual_params = {n: fwAD.make_dual(p, tp[n]) for n, p in params.items()}
+        y = torch.func.functional_call(m, dual_params, (fwAD.make_dual(x, tx),))
+        got = fwAD.unpack_dual(y).tangent
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("bn", ["none", "train", "eval"])
+def test_double_backward_same_on_every_backend(monkeypatch, device, bn):
+    """create_graph=True: first and second derivatives (of a gradient penalty) through the
+    Triton path equal the torch backend's, fp64; a training-mode BatchNorm updates its running
+    statistics once per forward on both (the recomputation in backward updates nothing)."""
+    results = {}
+    for chosen in ("triton", "torch"):
+        monkeypatch.setenv("CBAM_FAST_BACKEND", chosen)
+        m = _small_cbam(bn, device)
+        x = tie_free_input((2, 4, 3, 3), torch.float64, module_gate_fn(m), device).requires_grad_()
+        inputs = [x, *m.parameters()]
+        y = m(x)
+        first = torch.autograd.grad(y.square().sum(), inputs, create_graph=True)
+        penalty = sum((g * torch.linspace(0.5, 1.5, g.numel(), dtype=g.dtype, device=g.device).view_as(g)).square().sum()
+                      for g in first)
+        second = torch.autograd.grad(penalty, inputs)
+        results[chosen] = (y.detach(), [g.detach() for g in first], second, [b.clone() for b in m.buffers()])
+    (y_t, g_t, h_t, b_t), (y_r, g_r, h_r, b_r) = results["triton"], results["torch"]
+    torch.testing.assert_close(y_t, y_r, rtol=1e-10, atol=1e-12)
+    for a, b in zip(g_t + list(h_t), g_r + list(h_r)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+        assert b.abs().sum() > 0
+    for a, b in zip(b_t, b_r):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    if bn == "train":
+        assert int(b_t[-1]) == 1  # num_batches_tracked: one forward, one update
+
+
+def test_plain_backward_keeps_the_kernels(triton_backend, device, monkeypatch):
+    """Only create_graph=True takes the recomputation; a plain backward (also inside
+    torch.enable_grad()) runs the kernels' backward."""
+    def recompute(*args):
+        raise AssertionError("the recomputation ran for a plain backward")
+
+    monkeypatch.setattr(cbam_fast.ops, "_backward_with_graph", recompute)
+    m = _small_cbam("train", device)
+    x = tie_free_input((2, 4, 3, 3), torch.float64, module_gate_fn(m), device).requires_grad_()
+    with torch.enable_grad():
+        m(x).square().sum().backward()
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(AssertionError, match="recomputation ran"):
+        torch.autograd.grad(m(x).sum(), x, create_graph=True)
+
+
+def test_gradgradcheck_on_the_triton_path(triton_backend, device):
+    """torch.autograd.gradgradcheck (numerical second derivatives) through the Triton path with a
+    training-mode BatchNorm, in x and the conv weight, on a tiny shape."""
+    m = cbam_fast.CBAM(2, 1, 3, conv_bias=True, spatial_bn=True).double().to(device).train()
+    x = tie_free_input((2, 2, 2, 3), torch.float64, module_gate_fn(m), device).requires_grad_()
+    w = m.conv.weight.detach().clone().requires_grad_()
+
+    def f(xx, ww):
+        return cbam_fast.cbam(xx, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, ww, m.conv.bias, bn=m.bn)
+
+    assert torch.autograd.gradgradcheck(f, (x, w), fast_mode=True)
+
+
+def test_torch_jit_script_is_a_clear_error(triton_backend):
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), cbam_fast.CBAM(8, 2, 3))
+    with pytest.raises(RuntimeError, match=r"does not support torch.jit.script.*torch.jit.trace"):
+        torch.jit.script(model)
+    assert isinstance(model[1], cbam_fast.CBAM)  # the model is left as it was
+
+
+def test_torch_jit_trace_keeps_working(triton_backend, device):
+    """The trace records the fused op; the traced model gives the eager numbers and gradients."""
+    model = _model(bn=True).to(device).eval()
+    x = torch.randn(2, 3, 5, 6, device=device)
+    traced = torch.jit.trace(model, (x,))
+    assert "cbam_fast::forward" in str(traced.graph) or "cbam_fast::forward" in str(traced.inlined_graph)
+    x2 = torch.randn(2, 3, 5, 6, device=device, requires_grad=True)
+    y_t, y_e = traced(x2), model(x2)
+    torch.testing.assert_close(y_t, y_e, rtol=1e-6, atol=1e-7)
+    (g_t,) = torch.autograd.grad(y_t.square().sum(), x2)
+    (g_e,) = torch.autograd.grad(y_e.square().sum(), x2)
+    torch.testing.assert_close(g_t, g_e, rtol=1e-6, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------- DDP

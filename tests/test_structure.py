@@ -75,6 +75,30 @@ def test_backward_is_four_launches_and_no_aten_op(captured, call):
     assert sorted(reads) == ["dy", "dy", "x", "x"] and writes == ["dx"]
 
 
+PRESET_CALLS = [launched.Call((32, 512, 28, 28), "bf16", fmt, preset, train, "fwd_bwd")
+                for preset, train in (("timm", False), ("timm", True), ("timm_light", True), ("official", True),
+                                      ("official", False), ("ultralytics", False), ("mmyolo", False), ("luuuyi", False))
+                for fmt in ("nchw", "cl")]
+BN_TRAIN_FORWARD = ["channel_pool", "spatial_pool", "spatial_stats", "spatial_gate", "bn_update"]
+
+
+@pytest.mark.parametrize("call", PRESET_CALLS, ids=_ids(PRESET_CALLS))
+def test_every_preset_runs_in_the_kernels_alone(captured, call):
+    """Every preset as converted (parameters in x's dtype): the conv weight is read in its own
+    layout ([mean, max], the light one-channel form) and the spatial BatchNorm is applied by the
+    kernels, so no ATen op runs in the forward or the backward. Eval mode (running statistics)
+    launches what the default preset does; training mode (batch statistics) two launches more,
+    the statistics of the conv output and the in-place running-statistics update."""
+    cap = captured(call)
+    bn_train = call.train and call.preset in ("timm", "timm_light", "official")
+    want = BN_TRAIN_FORWARD if bn_train else ["channel_pool", "spatial_pool", "spatial_gate"]
+    assert [r.launch.role for r in cap.forward] == want
+    assert [r.launch.role for r in cap.backward] == ["bwd_reduce", "bwd_spatial", "param_grads", "bwd_dx"]
+    assert [o.name for o in cap.aten_forward] == [] and [o.name for o in cap.aten_backward] == []
+    reads = [n for r in cap.forward + cap.backward for n in r.launch.reads]
+    assert sorted(reads) == ["dy", "dy", "x", "x", "x", "x", "x"], "passes over full-size tensors as the default's"
+
+
 @pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
 def test_no_parameter_casts(triton_backend, param_dtype):
     """A bf16 input with parameters in any float dtype (fp32 as under autocast, or the input's):
@@ -128,15 +152,17 @@ def test_ticket_counters_end_at_zero(triton_backend, device):
     """The tickets' workspace counters are reset by the kernels that take them (no fill launch
     per call): after calls with several pooling splits and channel splits, every counter is 0."""
     torch.manual_seed(0)
-    m = launched._module(launched.Call((2, 80, 9, 11), preset="mmyolo"), 80).to(device)
-    for shape in ((2, 80, 9, 11), (1, 80, 3, 40)):
-        x = torch.randn(shape, device=device)
-        with launch_plan_recorded() as rec:
-            m(x)
-        grids = {r.launch.role: r.launch.grid for r in rec}
-        assert grids["channel_pool"][1] > 1 or grids["spatial_pool"][1] > 1, grids
-        bufs = [b for b in launch._COUNTERS.values() if b.device == x.device]
-        assert bufs and all(int(b.abs().sum()) == 0 for b in bufs)
+    for preset in ("mmyolo", "timm"):  # timm in training mode: the BatchNorm's statistics tickets too
+        m = launched._module(launched.Call((2, 80, 9, 11), preset=preset), 80).to(device).train()
+        for shape in ((2, 80, 9, 11), (1, 80, 3, 40)):
+            x = torch.randn(shape, device=device, requires_grad=True)
+            with launch_plan_recorded() as rec:
+                m(x).sum().backward()
+            grids = {r.launch.role: r.launch.grid for r in rec}
+            assert grids["channel_pool"][1] > 1 or grids["spatial_pool"][1] > 1, grids
+            assert ("spatial_stats" in grids) == (preset == "timm")
+            bufs = [b for b in launch._COUNTERS.values() if b.device == x.device]
+            assert bufs and all(int(b.abs().sum()) == 0 for b in bufs)
 
 
 def launch_plan_recorded():

@@ -1,4 +1,5 @@
-"""The authors' CBAM (Jongchan/attention-module, MODELS/cbam.py), re-implemented."""
+"""The authors' CBAM (Jongchan/attention-module, MODELS/cbam.py), re-implemented, with the authors'
+signatures (names, order, defaults: pool_types=['avg', 'max'])."""
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ class BasicConv(nn.Module):
 
 
 class ChannelGate(nn.Module):
-    def __init__(self, gate_channels, reduction_ratio=16, pool_types=("avg", "max")):
+    def __init__(self, gate_channels, reduction_ratio=16, pool_types=["avg", "max"]):  # noqa: B006 (the authors')
         super().__init__()
         self.gate_channels = gate_channels
         self.mlp = nn.Sequential(
@@ -46,6 +47,10 @@ class ChannelGate(nn.Module):
                 pooled = F.max_pool2d(x, (x.shape[2], x.shape[3]), stride=(x.shape[2], x.shape[3]))
             elif kind == "lp":
                 pooled = F.lp_pool2d(x, 2, (x.shape[2], x.shape[3]), stride=(x.shape[2], x.shape[3]))
+            elif kind == "lse":
+                flat = x.flatten(2)
+                peak = flat.amax(dim=2, keepdim=True)
+                pooled = peak + (flat - peak).exp().sum(dim=2, keepdim=True).log()
             else:
                 raise NotImplementedError(kind)
             raw = self.mlp(pooled)
@@ -69,7 +74,7 @@ class SpatialGate(nn.Module):
 
 
 class CBAM(nn.Module):
-    def __init__(self, gate_channels, reduction_ratio=16, pool_types=("avg", "max"), no_spatial=False):
+    def __init__(self, gate_channels, reduction_ratio=16, pool_types=["avg", "max"], no_spatial=False):  # noqa: B006
         super().__init__()
         self.ChannelGate = ChannelGate(gate_channels, reduction_ratio, pool_types)
         self.no_spatial = no_spatial

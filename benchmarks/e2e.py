@@ -75,11 +75,10 @@ def timm_resnet50_cbam(num_classes: int = 1000) -> nn.Module:
 
 
 def _convert(model: nn.Module) -> nn.Module:
-    """``cbam_fast.convert(model)``, which returns ``(model, replaced)`` or (later) the model."""
+    """``cbam_fast.convert(model)``: the model, converted in place."""
     import cbam_fast
 
-    out = cbam_fast.convert(model)
-    return out[0] if isinstance(out, tuple) else out
+    return cbam_fast.convert(model)
 
 
 def _cbam_names(model: nn.Module) -> list[str]:

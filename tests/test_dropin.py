@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 import cbam_fast
-from cbam_fast.convert import KEY_MAPS
 from originals import luuuyi_cbam, mmyolo_cbam, official, timm_cbam, ultralytics_cbam
 from utils import FORMATS, assert_close_three_way, module_gate_fn, tie_free_input
 
@@ -53,9 +52,9 @@ def randomize(m):
     return m
 
 
-def _our_name(kind, orig_name):
-    # timm_light shares timm's keys; the map gives cbam_fast's parameter name
-    return KEY_MAPS["timm" if kind == "timm_light" else kind][orig_name]
+def original_names(fast):
+    """{the original's state-dict key: cbam_fast's} of a converted module (what from_module recorded)."""
+    return {foreign: ours for group in fast._cbam_fast_keys for foreign, ours, _, _ in group}
 
 
 def _run(m, x, w):
@@ -82,11 +81,14 @@ def check_from_module(orig, kind, device, mode, dtype, fmt):
     against the original in dtype and against its fp64 copy (the three-way rule)."""
     orig = orig.to(device)
     orig.train(mode == "train")
-    hi = copy.deepcopy(orig).double()
     orig = orig.to(dtype)
+    # the fp64 math of the same module: its parameters as rounded to dtype (the rounding of the
+    # parameters is the model's, not an error of either implementation)
+    hi = copy.deepcopy(orig).double()
     fast = cbam_fast.CBAM.from_module(orig)
-    assert isinstance(fast, cbam_fast.CBAM) and fast.training == orig.training
+    assert isinstance(fast, cbam_fast.CBAM) and fast.training == orig.training and fast.converted_from == kind
     assert next(fast.parameters()).dtype == dtype
+    ours = original_names(fast)
     x = tie_free_input((2, C, 9, 11), dtype, module_gate_fn(fast), device, FORMATS[fmt])
     w = torch.randn(x.shape, device=device).to(dtype)
 
@@ -97,9 +99,9 @@ def check_from_module(orig, kind, device, mode, dtype, fmt):
     assert y_fast.is_contiguous(memory_format=FORMATS[fmt])
     assert_close_three_way("y", y_fast, y_same, y_hi)
     assert_close_three_way("dx", dx_fast, dx_same, dx_hi)
+    assert set(g_hi) <= set(ours) and len(g_fast) == len(g_hi)
     for orig_name, g in g_hi.items():
-        ours = _our_name(kind, orig_name)
-        assert_close_three_way(f"grad {orig_name}", g_fast[ours].reshape(g.shape), g_same[orig_name], g)
+        assert_close_three_way(f"grad {orig_name}", g_fast[ours[orig_name]].reshape(g.shape), g_same[orig_name], g)
     bn_fast, bn_hi = _bn(fast), _bn(hi)
     if bn_fast is not None:
         for buf in ("running_mean", "running_var"):
@@ -131,7 +133,7 @@ def test_from_module_matches_real_timm(triton_backend, device, name, mode, dtype
     real = pytest.importorskip("timm.layers.cbam", reason="timm is not installed (it needs torchvision)")
     factory, kind, preset = REAL_TIMM[name]
     orig = randomize(factory(real))
-    assert cbam_fast.convert(nn.Sequential(copy.deepcopy(orig)))[1] == [("0", kind)]
+    assert cbam_fast.convert(nn.Sequential(copy.deepcopy(orig)), return_replaced=True)[1] == [("0", kind)]
     preset().load_state_dict(orig.state_dict())
     check_from_module(orig, kind, device, mode, dtype, fmt)
 
@@ -191,7 +193,8 @@ def test_convert_small_model(triton_backend, device):
     model = TinyNet().to(device).train()
     reference_model = copy.deepcopy(model)
     n_params = sum(p.numel() for p in model.parameters())
-    converted, replaced = cbam_fast.convert(model)
+    converted, replaced = cbam_fast.convert(model, return_replaced=True)
+    assert converted is model
     assert [kind for _, kind in replaced] == ["official", "timm", "ultralytics", "mmyolo"]
     assert [name for name, _ in replaced] == ["blocks.0.2", "blocks.1.2", "blocks.2.2", "neck"]
     assert sum(isinstance(m, cbam_fast.CBAM) for m in converted.modules()) == 4
@@ -219,9 +222,9 @@ def test_convert_small_model(triton_backend, device):
 
 def test_convert_replaces_the_root_and_skips_converted():
     m = official.CBAM(C, 4)
-    new, replaced = cbam_fast.convert(m)
+    new, replaced = cbam_fast.convert(m, return_replaced=True)
     assert isinstance(new, cbam_fast.CBAM) and replaced == [("<model>", "official")]
-    again, replaced_again = cbam_fast.convert(new)
+    again, replaced_again = cbam_fast.convert(new, return_replaced=True)
     assert again is new and replaced_again == []
 
 
@@ -241,7 +244,7 @@ def test_unsupported_options_are_refused(factory, option):
         cbam_fast.CBAM.from_module(m)
     wrapper = nn.Sequential(nn.Identity(), m)
     with pytest.warns(UserWarning, match=f"left 1 untouched.*{option}"):
-        out, replaced = cbam_fast.convert(wrapper)
+        out, replaced = cbam_fast.convert(wrapper, return_replaced=True)
     assert out[1] is m and replaced == []
 
 
@@ -251,7 +254,7 @@ def test_unsupported_kernel_size_is_refused_not_raised():
     with pytest.raises(cbam_fast.UnsupportedModule, match="spatial kernel size 9"):
         cbam_fast.CBAM.from_module(m)
     with pytest.warns(UserWarning, match="spatial kernel size 9"):
-        out, replaced = cbam_fast.convert(nn.Sequential(m))
+        out, replaced = cbam_fast.convert(nn.Sequential(m), return_replaced=True)
     assert out[0] is m and replaced == []
 
 
@@ -279,12 +282,14 @@ def test_unrecognised_module_is_a_type_error():
         cbam_fast.CBAM.from_module(nn.Conv2d(3, 3, 1))
 
 
-def test_se_style_variant(triton_backend, device):
-    m = cbam_fast.CBAM.se_style(C, 4).to(device)
+def test_tutorial_preset_variant(triton_backend, device):
+    """CBAM.tutorial (document 000's structure; se_style is its deprecated alias): avg-only channel
+    branch, reducing MLP with biases, biased conv over [mean, max], no BatchNorm."""
+    m = cbam_fast.CBAM.tutorial(C, 4).to(device)
     assert m.channel_pool == "avg" and m.mlp == "reduce" and m.conv.bias is not None and m.bn is None
     x = tie_free_input((2, C, 6, 7), torch.float32, module_gate_fn(m), device)
     ref = cbam_fast.reference.cbam(x, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, m.conv.weight, m.conv.bias,
-                                   channel_pool="avg")
+                                   channel_pool="avg", spatial_pool="mean_max")
     with torch.no_grad():
         torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-6)
 

@@ -8,9 +8,16 @@ measured, and the summary writes ``BENCHMARKS.md`` and the PNG and prints the ta
 Without CUDA: a small-shape correctness mode through the Triton interpreter; no timing is taken
 and none is reported.
 
-Options (CUDA only): ``--bench-profile targets|quick|full`` (default full), ``--bench-budget-s S`` (skip
-configurations that would not fit), ``--bench-out DIR`` (default ``benchmarks/results``),
-``--bench-skip-done RESULTS.json`` (repeatable: skip rows already measured), ``--bench-rounds N``.
+Options (registered in the repository's root ``conftest.py``, which also makes
+``pytest --benchmark`` run this suite): ``--bench-profile targets|quick|full`` (default full),
+``--bench-budget-s S`` (skip configurations that would not fit), ``--bench-out DIR`` (default
+``benchmarks/results``), ``--bench-skip-done RESULTS.json`` (repeatable: skip rows already
+measured), ``--bench-rounds N``.
+
+The footer that counts what actually ran (configurations timed, checked for correctness only,
+skipped, failed; the next step when nothing was timed) is :mod:`benchmarks.footer`, printed by
+the root ``conftest.py`` so that it also appears under pytest-xdist, where this conftest is loaded
+only by the workers.
 """
 
 import os
@@ -27,26 +34,12 @@ import pytest  # noqa: E402
 from benchmarks import cases, results  # noqa: E402
 
 NO_GPU_NOTE = (
-    "cbam_fast benchmarks: no CUDA device here, so this run checked the benchmarked calls for "
-    "correctness on small shapes (cbam_fast through the Triton interpreter, torch.compile entries "
-    "traced with backend='eager': Inductor code generation and max-autotune need a GPU). "
-    "Timings need a GPU: none were taken."
+    "cbam_fast benchmarks: no CUDA device here, so this run is the correctness mode: each benchmarked "
+    "call is checked on a small shape (cbam_fast through the Triton interpreter, torch.compile entries "
+    "traced with backend='eager': Inductor code generation and max-autotune need a GPU), and no timing "
+    "is taken."
 )
 SESSION = pytest.StashKey()
-
-
-def pytest_addoption(parser):
-    group = parser.getgroup("cbam_fast benchmarks (CUDA only)")
-    group.addoption("--bench-profile", default="full", choices=list(cases.PROFILES),
-                    help="targets: the targets' rows only (gpu_check.sh's default); quick: those, every "
-                         "cbam_fast/eager row, max-autotune on the batch-32 targets; full: every configuration "
-                         "(default)")
-    group.addoption("--bench-budget-s", type=float, default=None,
-                    help="wall-time budget in seconds: configurations that would not fit are skipped")
-    group.addoption("--bench-out", default=None, help="output folder (default: benchmarks/results)")
-    group.addoption("--bench-skip-done", action="append", default=[], metavar="RESULTS.json",
-                    help="skip configurations already measured in this results file (repeatable)")
-    group.addoption("--bench-rounds", type=int, default=50, help="timed calls per configuration")
 
 
 def pytest_configure(config):
@@ -90,9 +83,10 @@ def bench_session(request):
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    if not HAS_CUDA:
-        terminalreporter.write_line(NO_GPU_NOTE, yellow=True)
-        return
-    terminalreporter.section("cbam_fast benchmarks")
-    for line in config.stash[SESSION].finish().splitlines():
-        terminalreporter.write_line(line)
+    """CUDA: the session's summary (targets, files, configurations left for time or failed). What
+    ran, counted (timed, checked, skipped, failed) with the next step when nothing was timed, is
+    the root conftest's footer (benchmarks/footer.py), printed on every run of these cases."""
+    if HAS_CUDA:
+        terminalreporter.section("cbam_fast benchmarks")
+        for line in config.stash[SESSION].finish().splitlines():
+            terminalreporter.write_line(line)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import cbam_fast
-from benchmarks import bench, cases, measure
+from benchmarks import bench, cases, footer, measure
 
 HAS_CUDA = torch.cuda.is_available()
 CONFIGS = cases.all_configs() if HAS_CUDA else cases.cpu_check_configs()
@@ -54,6 +54,7 @@ def _pytest_benchmark_loop(request, cfg):
 def test_cbam(request, cfg):
     if not HAS_CUDA:
         bench.check_small(cfg)
+        request.node.user_properties.append((footer.RAN, "checked"))  # what the footer counts
         return
     session = request.getfixturevalue("bench_session")
     reason = session.admit(cfg)
@@ -65,3 +66,4 @@ def test_cbam(request, cfg):
         benchmark.extra_info.update(row)
     else:
         session.measure(cfg)
+    request.node.user_properties.append((footer.RAN, "timed"))

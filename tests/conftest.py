@@ -20,6 +20,11 @@ import pytest  # noqa: E402
 import cbam_fast  # noqa: E402
 from cbam_fast.kernels import launch  # noqa: E402
 
+# The checks against the real timm: the `timm` marker, and CBAM_FAST_REQUIRE_TIMM=1 (tests/timm_gate.py)
+from timm_gate import (  # noqa: E402, F401
+    pytest_collection_modifyitems, pytest_configure, pytest_report_header, pytest_runtest_makereport, pytest_unconfigure,
+)
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -2,7 +2,6 @@
 deterministic mode, DistributedDataParallel, save/load, CUDA graphs and multi-GPU (on CUDA)."""
 
 import copy
-import io
 import os
 
 import pytest

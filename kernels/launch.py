@@ -532,10 +532,11 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
                 (x, dy, saved.a, saved.z, dz, dzpart, psum, pmax, pidx, pdcg, cnt, zhat, bnpart, bnsum, dbnw, dbnb,
                  cnt[N * n_pb + N * n_csplits + N:], C, P, c_per_split, n_csplits, N * n_pb,
                  s_xn, s_xc, s_xp, s_gn, s_gc, s_gp),
-                # two full-size loads and four per-channel reductions per iteration: not pipelined
-                # (two or three stages spilled at the 128-register budget on sm_90)
+                # two full-size loads and four per-channel reductions per iteration: two stages for
+                # 16-bit inputs; fp32/fp64 unpipelined (two stages spilled at the 128-register
+                # budget on sm_90, fp32 channels_last; three spilled for every dtype)
                 dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, BN=bn_mode, BN_AFFINE=affine, **dy_stream, BLOCK_S=16,
-                     BLOCK_T=BLOCK_T, NUM_STAGES=2), num_warps=blk.warps,
+                     BLOCK_T=BLOCK_T, NUM_STAGES=2 if es <= 2 else 1), num_warps=blk.warps,
                 reads=("x", "dy"),
                 traffic=_stream_traffic(N, C, P, es, dy_stream["BLOCK_C"], blk.stream_p, loads=2, stores=0,
                                         c_per_split=c_per_split))

@@ -2,13 +2,10 @@
 
 The launchers (:mod:`.launch`) decide everything about a call before anything runs: which
 kernels, grids, block sizes, constexprs, splits and buffers. That decision is a :class:`Plan`,
-a list of steps:
-
-* :class:`KernelLaunch`: one ``@triton.jit`` kernel, its grid, runtime arguments (tensors and
-  scalars, in the kernel's parameter order), constexprs and launch options, and which
-  full-size tensors it reads and writes;
-* :class:`TorchStep`: a few PyTorch ops on small tensors between two kernels (the training-mode
-  BatchNorm's statistics), which can set named buffers that later launches take as :class:`Ref`.
+a list of :class:`KernelLaunch` steps: one ``@triton.jit`` kernel each, its grid, runtime
+arguments (tensors and scalars, in the kernel's parameter order), constexprs and launch
+options, and which full-size tensors it reads and writes. (Every call is kernels alone since
+the spatial BatchNorm moved into the kernels: no PyTorch step between launches.)
 
 Three readers take the same value, so what is checked is what runs:
 
@@ -24,16 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
-
-
-@dataclasses.dataclass(frozen=True)
-class Ref:
-    """A runtime argument that a :class:`TorchStep` earlier in the plan sets: ``env[name]``."""
-
-    name: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +46,7 @@ class KernelLaunch:
 
     role: what the launch does, for reports and tests ("channel_pool", ...).
     args: runtime arguments in the kernel's parameter order (constexprs excluded); tensors,
-      ints, floats, or :class:`Ref`.
+      ints or floats.
     constexprs: the kernel's compile-time arguments; options: ``num_warps``, ``num_stages``.
     reads / writes: names of the full-size tensors (``x``, ``dy``, ``y``, ``dx``) the launch
       streams; every other tensor argument is small (``O(N*C + N*H*W)``).
@@ -86,14 +76,6 @@ class KernelLaunch:
 
 
 @dataclasses.dataclass
-class TorchStep:
-    """PyTorch ops between two launches: ``fn(env)`` reads and sets entries of the plan's env."""
-
-    role: str
-    fn: Callable[[dict], None]
-
-
-@dataclasses.dataclass
 class Plan:
     """The steps of one call, in order, and its named buffers (``env``)."""
 
@@ -111,9 +93,6 @@ class Plan:
         self.steps.append(KernelLaunch(role, kernel, tuple(int(g) for g in grid), tuple(args), dict(constexprs),
                                        options, tuple(reads), tuple(writes), traffic))
 
-    def torch_step(self, role, fn):
-        self.steps.append(TorchStep(role, fn))
-
     @property
     def launches(self) -> list[KernelLaunch]:
         return [s for s in self.steps if isinstance(s, KernelLaunch)]
@@ -124,7 +103,7 @@ class Plan:
 
 @dataclasses.dataclass
 class Record:
-    """A launch as executed: the step and its runtime arguments with every Ref resolved."""
+    """A launch as executed: the step and its runtime arguments."""
 
     launch: KernelLaunch
     args: tuple
@@ -171,17 +150,10 @@ def sm_count(device: torch.device) -> int:
     return 2
 
 
-def _resolve(args, env):
-    return tuple(env[a.name] if isinstance(a, Ref) else a for a in args)
-
-
 def execute(plan: Plan) -> dict:
     """Run the plan's steps in order; returns its env."""
     for step in plan.steps:
-        if isinstance(step, TorchStep):
-            step.fn(plan.env)
-            continue
-        args = _resolve(step.args, plan.env)
+        args = step.args
         if _RECORDER is not None:
             _RECORDER.append(Record(step, args))
         if not _DRY:

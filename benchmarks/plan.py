@@ -22,10 +22,14 @@ The model (constants in :data:`MODEL`):
 * a Triton launch: ``resident = min(programs, SMs x resident programs per SM)``; one program
   needs ``loads_per_program x latency / in_flight`` (Little's law, ``in_flight = tile x
   (num_stages - 1)`` when the SASS has LDGSTS, else one tile); the launch takes
-  ``max(waves x that, total bytes / bandwidth)``, bandwidth and latency those of DRAM, or of
-  L2 for a pass whose full-size reads are within reach of L2 (reuse distance, the bytes touched
-  since the previous read of the same tensor, at most ``l2_reach`` x the L2 size) and for
-  small tensors (``source="l2"``);
+  ``max(waves x that, total bytes / bandwidth)``, bandwidth and latency blended between those
+  of DRAM and of L2 by the share of the pass's full-size reads that hit L2 (all of them for
+  small tensors, ``source="l2"``). A read hits when its reuse distance is at most ``l2_reach``
+  x the L2 size: the distance of sample n's slice of a tensor is the bytes of the distinct
+  full-size slices (tensor, sample) touched since its previous access (an LRU stack distance),
+  on a trace of the call in which every pass walks the batch sample by sample in its plan's
+  direction (``REVERSE``; kernels/launch.py ``ORDER``), reading then writing each sample's
+  slices;
 * an ATen op: ``bytes / copy bandwidth`` (its reads and writes), no L2 credit, at full
   bandwidth however small (generous to eager at small sizes);
 * the floor: compulsory bytes (2 S forward, 5 S forward+backward) / copy bandwidth, or one
@@ -95,9 +99,9 @@ def kernel_rows(cap, cache) -> list[LaunchRow]:
 
     m = MODEL
     rows = []
-    last_read = {}  # tensor name -> bytes touched (full-size) since its previous read
-    touched = 0.0
     S = cap.x_bytes
+    N = cap.call.shape[0]
+    lru = []  # (tensor, sample) slices of the full-size tensors, least recently touched first
     for part, records in (("fwd", cap.forward), ("bwd", cap.backward)):
         for rec in records:
             ln = rec.launch
@@ -107,32 +111,49 @@ def kernel_rows(cap, cache) -> list[LaunchRow]:
             t = ln.traffic
             stages = c.num_stages if c.ldgsts else 1
             in_flight = t.tile * max(1, stages - 1) if c.ldgsts else t.tile
-            # where this launch's loads come from
-            reuse = []
-            l2_hit = t.source == "l2"
-            if t.source == "dram" and ln.reads:
-                dists = []
-                for name in ln.reads:
-                    if name in last_read:
-                        dists.append(touched - last_read[name] + S)
-                if dists and len(dists) == len(ln.reads):
-                    d = max(dists)
-                    l2_hit = d <= m["l2_reach"] * m["l2_size"]
-                    reuse.append(f"{d / 1e6:.0f}MB{'<' if l2_hit else '>'}L2")
-            latency = m["l2_latency"] if l2_hit else m["dram_latency"]
-            bw = m["l2_bw"] if l2_hit else m["copy_bw"]
+            # where this launch's loads come from: the share of its full-size reads that hit L2
+            dists = _walk(lru, ln, N, S / N)
+            hit = 1.0 if t.source == "l2" else 0.0
+            reuse = "-"
+            if t.source == "dram" and dists:
+                reach = m["l2_reach"] * m["l2_size"]
+                hit = sum(d is not None and d <= reach for d in dists) / len(dists)
+                known = [d for d in dists if d is not None]
+                if known:
+                    reuse = f"{min(known) / 1e6:.0f}-{max(known) / 1e6:.0f}MB vs {reach / 1e6:.0f}MB"
+            latency = hit * m["l2_latency"] + (1 - hit) * m["dram_latency"]
             resident = min(ln.programs, m["sms"] * max(occ, 1))
             waves = math.ceil(ln.programs / resident)
             per_program = t.loads_per_program * latency / max(in_flight, 1)
-            seconds = max(waves * per_program, t.total / bw) + m["launch_us"] * 1e-6
-            for name in ln.reads:
-                last_read[name] = touched
-            touched += S * (len(ln.reads) + len(ln.writes))
+            seconds = max(waves * per_program, t.total * (hit / m["l2_bw"] + (1 - hit) / m["copy_bw"]))
+            seconds += m["launch_us"] * 1e-6
             passes = ",".join([f"r:{n}" for n in ln.reads] + [f"w:{n}" for n in ln.writes]) or "-"
+            source = "L2" if hit == 1 else "DRAM" if hit == 0 else f"L2 {100 * hit:.0f}%"
+            if ln.reads and "REVERSE" in ln.constexprs:
+                passes += " (desc)" if ln.constexprs["REVERSE"] else " (asc)"
             rows.append(LaunchRow(part, ln.role, ln.kernel_name, ln.grid, ln.programs, c.regs, occ, c.ldg, c.stg,
-                                  bool(c.ldgsts), in_flight, passes, " ".join(reuse) or "-",
-                                  "L2" if l2_hit else "DRAM", seconds * 1e6))
+                                  bool(c.ldgsts), in_flight, passes, reuse, source, seconds * 1e6))
     return rows
+
+
+def _walk(lru: list, ln, N: int, slice_bytes: float) -> list:
+    """Run one launch's full-size accesses on the LRU list ``lru`` (updated in place): sample by
+    sample in the launch's direction, its reads, then its writes. Returns the reuse distance in
+    bytes of each read (None: first touch in the call)."""
+    order = range(N - 1, -1, -1) if ln.constexprs.get("REVERSE", 0) else range(N)
+    dists = []
+    for n in order:
+        for name, is_read in [(r, True) for r in ln.reads] + [(w, False) for w in ln.writes]:
+            key = (name, n)
+            d = None
+            if key in lru:
+                i = lru.index(key)
+                d = (len(lru) - i) * slice_bytes  # the distinct slices touched since, and this one
+                del lru[i]
+            lru.append(key)
+            if is_read:
+                dists.append(d)
+    return dists
 
 
 def aten_us(ops) -> float:

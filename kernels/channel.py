@@ -21,24 +21,26 @@ ticket); its second layer runs per channel chunk in the spatial pooling pass
 import triton
 import triton.language as tl
 
-from .common import nan_max, running_max, sum_rows, ticket, tile_offsets
+from .common import nan_max, running_max, sample_major, sum_rows, ticket, tile_offsets
 
 
 # split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
-@triton.jit(do_not_specialize=["p_per_split", "n_splits", "cnt_b"])
+@triton.jit(do_not_specialize=["n_splits", "cnt_b"])
 def channel_pool_kernel(
     X, PSUM, PMAX, W1, B1, PRE, HA, CNT,
     C, P, HID, p_per_split, n_splits, cnt_b,
     s_n, s_c, s_p,
     LAYOUT: tl.constexpr, POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_CB: tl.constexpr, NUM_STAGES: tl.constexpr,
+    BLOCK_CB: tl.constexpr, NUM_STAGES: tl.constexpr, REVERSE: tl.constexpr, ONE_TILE: tl.constexpr,
 ):
     """Forward pass 1: channel pooling over H*W and the MLP's first layer. Grid
-    ``(N * NCB, n_splits)``, NCB = cdiv(C, BLOCK_C); program (n, cb, split):
+    ``(N * n_splits * NCB,)``, NCB = cdiv(C, BLOCK_C), sample by sample (:func:`sample_major`, the
+    direction REVERSE); program (n, split, cb):
 
     1. sum and max (NaN wins, as torch.amax) of x over its split of H*W for BLOCK_C channels,
-       in running [BLOCK_C, BLOCK_P] accumulators reduced once after the loop;
+       in running [BLOCK_C, BLOCK_P] accumulators reduced once after the loop (ONE_TILE: H*W
+       fits one tile, BLOCK_P >= P and one split: one load, reduced at once);
     2. with several splits: writes them to ``PSUM``/``PMAX`` ``[N, n_splits, C]``; the last
        split program of (n, cb) (a ticket on ``CNT[n * NCB + cb]``) reduces them in split order;
     3. that program forms the block's MLP inputs (avg, or avg/2 + max/2 for POOL 2; and max for
@@ -54,25 +56,34 @@ def channel_pool_kernel(
     """
     acc_ty = PSUM.dtype.element_ty
     n_cb = tl.cdiv(C, BLOCK_C)
-    pid = tl.program_id(0)
-    n = (pid // n_cb).to(tl.int64)
-    cb = pid % n_cb
+    n, r = sample_major(n_cb * n_splits, REVERSE)
+    split = r // n_cb
+    cb = r - split * n_cb
     o_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     m_c = o_c < C
-    split = tl.program_id(1)
     p_start = split * p_per_split
     p_end = tl.minimum(p_start + p_per_split, P)
 
-    acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_ty)
-    acc_max = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=acc_ty)
-    for p0 in tl.range(p_start, p_end, BLOCK_P, num_stages=NUM_STAGES):
-        o_p = p0 + tl.arange(0, BLOCK_P)
-        m = m_c[:, None] & (o_p < p_end)[None, :]
-        v = tl.load(X + tile_offsets(n, o_c, o_p, s_n, s_c, s_p, LAYOUT), mask=m, other=0.0).to(acc_ty)
-        acc_sum += v
-        acc_max = running_max(acc_max, tl.where(m, v, float("-inf")))
-    b_sum = tl.sum(acc_sum, axis=1)
-    b_max = nan_max(acc_max, 1)
+    if ONE_TILE:  # all of H*W in one tile (one split): no running accumulators, no loop
+        o_p = tl.arange(0, BLOCK_P)
+        m = m_c[:, None] & (o_p < P)[None, :]
+        v = tl.load(X + tile_offsets(n, o_c, o_p, s_n, s_c, s_p, LAYOUT), mask=m, other=0.0,
+                    eviction_policy="evict_last").to(acc_ty)
+        b_sum = tl.sum(v, axis=1)
+        b_max = nan_max(tl.where(m, v, float("-inf")), 1)
+    else:
+        acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=acc_ty)
+        acc_max = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=acc_ty)
+        for p0 in tl.range(p_start, p_end, BLOCK_P, num_stages=NUM_STAGES):
+            o_p = p0 + tl.arange(0, BLOCK_P)
+            m = m_c[:, None] & (o_p < p_end)[None, :]
+            # evict_last: passes 2 and 3 re-read x, from L2 where it is still there
+            v = tl.load(X + tile_offsets(n, o_c, o_p, s_n, s_c, s_p, LAYOUT), mask=m, other=0.0,
+                        eviction_policy="evict_last").to(acc_ty)
+            acc_sum += v
+            acc_max = running_max(acc_max, tl.where(m, v, float("-inf")))
+        b_sum = tl.sum(acc_sum, axis=1)
+        b_max = nan_max(acc_max, 1)
 
     last = n_splits == 1  # a tensor unless the JIT specialised n_splits to 1
     if n_splits > 1:
@@ -132,6 +143,7 @@ def channel_mlp_wgrad_kernel(
     POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MLP: tl.constexpr,
     HAS_CONV: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, KSIZE: tl.constexpr, CONV_FORM: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     """The parameter gradients, each summed over the batch in a fixed order (deterministic) and
     written in its parameter's dtype. Grid ``(n_htiles + 1, cdiv(C, BLOCK_C))``:
@@ -163,7 +175,7 @@ def channel_mlp_wgrad_kernel(
         v_row = VSCR
         da_row = DA
         hs_row = HS
-        for n in range(0, N):
+        for n in tl.range(0, N, num_stages=NUM_STAGES):  # loads independent of the sums: pipelined
             dp0 = tl.load(dpre_row + o_h, mask=m_h, other=0.0)
             v0 = tl.load(v_row + o_c, mask=m_c, other=0.0)
             g_w1 += dp0[:, None] * v0[None, :]

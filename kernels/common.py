@@ -43,6 +43,22 @@ def tile_offsets(n, o_c, o_p, s_n, s_c, s_p, LAYOUT: tl.constexpr):
 
 
 @triton.jit
+def sample_major(per_sample, REVERSE: tl.constexpr):
+    """(sample, rank within the sample) of this program in a 1-D grid of ``N * per_sample``
+    programs laid out sample by sample. The GPU starts programs roughly in grid order, so a pass
+    walks the batch one sample at a time: ascending, or with REVERSE descending. The launchers
+    alternate the direction between consecutive passes over the same tensor (a serpentine), so
+    each pass starts on the samples the previous one touched last, the ones still in L2. The
+    order changes no result: every cross-program reduction merges its partials in a fixed order."""
+    pid = tl.program_id(0)
+    n = pid // per_sample
+    r = pid - n * per_sample
+    if REVERSE:
+        n = tl.num_programs(0) // per_sample - 1 - n
+    return n.to(tl.int64), r
+
+
+@triton.jit
 def sigmoid(z):
     """Logistic function in z's precision (tl.sigmoid is fp32-only under the interpreter)."""
     return 1.0 / (1.0 + tl.exp(-z))

@@ -18,8 +18,9 @@ forward, 3 launches, 3 reads of x + 1 write of y (compulsory: 1 read + 1 write):
   2 and 3; the backward's two sums over N, H, W ride on backward pass 1's tickets).
   Each pass needs the complete result of the previous one (the gate needs every position's
   pool, the conv its neighbours' channel pools), so three streams over x; passes 2 and 3 hit
-  L2 when x fits. The stream passes split the channels (grid (N * NPB, channel chunks)) until
-  there are 4 programs per SM.
+  L2 when x fits. The stream passes split the channels (1-D grid N * chunks * NPB, sample by
+  sample) until there are 4 programs per SM; consecutive passes over x walk the batch in
+  opposite directions (``ORDER``), each starting on the samples still in L2.
 
 backward, 4 launches, x read twice, dy twice, dx written once (compulsory: 2 reads + 1 write):
   1. ``bwd_reduce_kernel``   reads x, dy -> dz = dL/d(conv out) (chunks merged by a ticket),
@@ -71,6 +72,14 @@ KERNEL_SIZES = (3, 5, 7)
 NUM_STAGES = 3
 MLP_BLOCK_H = 128
 MLP_BLOCK_H2 = 32
+# The direction each full-size pass walks the batch in (REVERSE of kernels/common.py sample_major:
+# 1 = from the last sample down). Consecutive passes over the same tensor alternate, so each
+# starts on the samples its predecessor touched last, still in L2 (a serpentine): x in the
+# forward (pools ascending, spatial pool descending, gate ascending), x and dy in the backward
+# (pass 1 ascending, passes 2 and 3 descending: dy's previous reader is pass 1). Together with
+# the loads' eviction hints (evict_last where a later pass re-reads the tensor, evict_first on
+# its last read). The static report (benchmarks/plan.py) models the reuse from this order.
+ORDER = dict(channel_pool=0, spatial_pool=1, spatial_gate=0, bwd_reduce=0, bwd_spatial=1, bwd_dx=1)
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -105,6 +114,17 @@ def blocks_for(layout: int, dtype: torch.dtype) -> Blocks:
     if dtype == torch.float64:
         blk = dataclasses.replace(blk, pool_c=blk.pool_c // 2, stream_c=blk.stream_c // 2, mlp_c=blk.mlp_c // 2,
                                   mlp_warps=8)
+    return blk
+
+
+def stream_tile(blk: Blocks, layout: int, P: int) -> Blocks:
+    """The stream passes' tile for a shape. channels_last with H*W above 32 takes [32, 64]
+    (channels, positions) instead of [64, 32]: half as many position blocks per sample, so half
+    as many programs recompute their chunk's channel gate from a slab of W2 in spatial_pool (W2
+    is read N * NPB times: 2.6-5x |x| at 2048 x 7 x 7 before); a row of the tile is still 64
+    contiguous bytes. The report predicts 7.9 -> 5.4 us for that pass at 2048 x 7 x 7."""
+    if layout == LAYOUT_CCONTIG and P > 32:
+        return dataclasses.replace(blk, stream_c=blk.stream_c // 2, stream_p=2 * blk.stream_p)
     return blk
 
 
@@ -147,8 +167,9 @@ def check_launchable(shape, hidden: int, blk: "Blocks") -> None:
         raise ValueError(f"cbam: H*W = {P} positions (shape {tuple(shape)}) exceeds the kernels' limit of 2**29")
     if C > MAX_CHANNELS:
         raise ValueError(f"cbam: {C} channels exceeds the kernels' limit of 2**29")
-    # the largest grid of each kind the plans can make (the stream passes' channel splits add a
-    # second axis of at most 4 programs per SM, far below its cap)
+    # the largest grid of each kind the plans can make (1-D, sample by sample; the pooling and
+    # channel splits multiply it only while it is under 4 programs per SM, so they never raise
+    # the largest one much)
     grids = {
         "channel pooling": (N * triton.cdiv(C, blk.pool_c), 1),
         "spatial passes": stream_grid(N, P, blk),
@@ -289,6 +310,24 @@ class Saved:
     stats: Optional[torch.Tensor] = None  # [3] acc dtype, (invstd, mean, variance) of the spatial BatchNorm
 
 
+def pool_tile(blk: Blocks, layout: int, N: int, C: int, P: int, sms: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_P) of the channel pooling. NCHW with H*W at most 256 (the 14 x 14 and
+    7 x 7 stages): one tile spans all of H*W (the next power of two) and holds more channels,
+    up to 4x the layout's tile ([64, 64] at 7 x 7, [32, 256] at 14 x 14; the kernel's ONE_TILE
+    path keeps no running accumulators, so it fits the register budget): a program's one load
+    is then 6-12 KB in flight instead of 1.5-3 KB, and 2-4x fewer programs walk the same x."""
+    if layout != LAYOUT_PCONTIG or P > 256:
+        return blk.pool_c, blk.pool_p
+    pool_p = triton.next_power_of_2(P)
+    # (at most 4x the channels: [128, 64] spilled with triton 3.6 on sm_80 and sm_90)
+    pool_c = min(4 * blk.pool_c, 4 * blk.pool_c * blk.pool_p // pool_p)
+    # but not so few programs that SMs idle (a small batch): at least two per SM, else the
+    # layout's own channel tile
+    while pool_c > blk.pool_c and N * triton.cdiv(C, pool_c) < 2 * sms:
+        pool_c //= 2
+    return pool_c, pool_p
+
+
 def _pool_splits(n_rows: int, P: int, block_p: int, device: torch.device) -> int:
     """Split H*W across programs when N * C-blocks alone cannot fill the device (4 programs per SM)."""
     target = 4 * sm_count(device)
@@ -359,7 +398,7 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv
     HID = w1.shape[0]
     K = conv_taps(wc, conv_form)
     dev, acc = x.device, acc_dtype(x.dtype)
-    blk = blocks_for(layout, x.dtype)
+    blk = stream_tile(blocks_for(layout, x.dtype), layout, P)
     es, ws = x.element_size(), w1.element_size()
     S = x.numel() * es
     plan = Plan()
@@ -368,9 +407,10 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv
     stages = dict(NUM_STAGES=NUM_STAGES)
 
     # pass 1: channel pools, the MLP's first layer (per channel block), the hidden vector per sample
-    n_cblocks = triton.cdiv(C, blk.pool_c)
-    n_splits = _pool_splits(N * n_cblocks, P, blk.pool_p, dev)
-    p_per_split = triton.cdiv(triton.cdiv(P, n_splits), blk.pool_p) * blk.pool_p
+    pool_c, pool_p = pool_tile(blk, layout, N, C, P, sm_count(dev))
+    n_cblocks = triton.cdiv(C, pool_c)
+    n_splits = _pool_splits(N * n_cblocks, P, pool_p, dev)
+    p_per_split = triton.cdiv(triton.cdiv(P, n_splits), pool_p) * pool_p
     n_splits = triton.cdiv(P, p_per_split)
     n_pb = triton.cdiv(P, blk.stream_p)
     c_per_split = _channel_splits(N * n_pb, C, blk.stream_c, dev)
@@ -382,14 +422,15 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv
     ha = _empty((N, HID), acc, dev)  # the summed hidden activation, or (single layer) the gate's pre-activation
     a = ha if not mlp.two_layer else _empty((N, C), acc, dev)
     block_h = min(triton.next_power_of_2(HID), MLP_BLOCK_H)
-    plan.launch("channel_pool", channel_pool_kernel, (N * n_cblocks, n_splits),
+    pool_h = min(block_h, 4096 // pool_c)  # the [BLOCK_H, BLOCK_C] slab of W1: at most 16 values per thread
+    plan.launch("channel_pool", channel_pool_kernel, (N * n_splits * n_cblocks,),
                 (x, psum, pmax, w1, b1 if has_bias else w1, pre, ha, cnt, C, P, HID, p_per_split, n_splits,
                  N * n_cblocks, s_n, s_c, s_p),
-                dict(LAYOUT=layout, **mlp_opts, BLOCK_C=blk.pool_c, BLOCK_P=blk.pool_p, BLOCK_S=32, BLOCK_H=block_h,
-                     BLOCK_CB=32, **stages),
+                dict(LAYOUT=layout, **mlp_opts, BLOCK_C=pool_c, BLOCK_P=pool_p, BLOCK_S=32, BLOCK_H=pool_h,
+                     BLOCK_CB=32, **stages, REVERSE=ORDER["channel_pool"], ONE_TILE=pool_p >= P),
                 num_warps=blk.warps, reads=("x",),
-                traffic=Traffic(S + N * HID * C * ws, blk.pool_c * min(p_per_split, P) * es + HID * blk.pool_c * ws,
-                                blk.pool_c * blk.pool_p * es))
+                traffic=Traffic(S + N * HID * C * ws, pool_c * min(p_per_split, P) * es + HID * pool_c * ws,
+                                pool_c * min(pool_p, P) * es))
 
     # pass 2: the MLP's second layer (per channel chunk) and the spatial pools of x * cg
     smap = _empty((N, 2, P), acc, dev)
@@ -397,11 +438,11 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv
     spart = _empty((N, n_csplits, 2, P) if n_csplits > 1 else (1,), acc, dev)
     spidx = _empty((N, n_csplits, P) if n_csplits > 1 else (1,), torch.int32, dev)
     w2_bytes = c_per_split * HID * ws if mlp.two_layer else 0
-    plan.launch("spatial_pool", spatial_pool_kernel, (N * n_pb, n_csplits),
+    plan.launch("spatial_pool", spatial_pool_kernel, (N * n_csplits * n_pb,),
                 (x, w2 if w2 is not None else w1, b2 if has_bias else w1, ha, a, spart, spidx, smap, sidx,
                  cnt[N * n_cblocks + N:], C, P, HID, c_per_split, n_csplits, s_n, s_c, s_p),
                 dict(LAYOUT=layout, **mlp_opts, BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p,
-                     BLOCK_H=min(block_h, MLP_BLOCK_H2), BLOCK_S=16, **stages),
+                     BLOCK_H=min(block_h, MLP_BLOCK_H2), BLOCK_S=16, **stages, REVERSE=ORDER["spatial_pool"]),
                 num_warps=blk.warps, reads=("x",),
                 traffic=Traffic(S + N * n_pb * n_csplits * w2_bytes,
                                 min(blk.stream_p, P) * c_per_split * es + w2_bytes,
@@ -431,7 +472,7 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv
     z = _empty((N, P), acc, dev)
     affine = bn is not None and bn.weight is not None
     any_t = z  # a pointer argument a compiled-out branch never reads
-    plan.launch("spatial_gate", spatial_gate_kernel, (N * n_pb, n_csplits),
+    plan.launch("spatial_gate", spatial_gate_kernel, (N * n_csplits * n_pb,),
                 (x, y, a, gate_map, wc, bc if bc is not None else wc, z,
                  *(t if t is not None else any_t for t in (zhat, bn and bn.weight, bn and bn.bias, bn and bn.mean,
                                                            bn and bn.var, stats)),
@@ -439,7 +480,7 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv
                  s_n, s_c, s_p, y_n, y_c, y_p),
                 dict(LAYOUT=layout, KSIZE=K if bn_mode != BN_BATCH else 1, CONV_FORM=conv_form,
                      HAS_CONV_BIAS=bn_mode != BN_BATCH and bc is not None, BN=bn_mode, BN_AFFINE=affine,
-                     BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, **stages),
+                     BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, **stages, REVERSE=ORDER["spatial_gate"]),
                 num_warps=blk.warps, reads=("x",), writes=("y",),
                 traffic=Traffic(2 * S, min(blk.stream_p, P) * c_per_split * es, blk.stream_c * blk.stream_p * es))
     plan.env.update(y=y, saved=Saved(a=a, z=z, smap=smap, sidx=sidx, zhat=zhat, stats=stats))
@@ -496,7 +537,7 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     HID = w1.shape[0]
     K = conv_taps(wc, conv_form)
     dev, acc = x.device, acc_dtype(x.dtype)
-    blk = blocks_for(layout, x.dtype)
+    blk = stream_tile(blocks_for(layout, x.dtype), layout, P)
     es = x.element_size()
     n_pb = triton.cdiv(P, blk.stream_p)
     stream = dict(BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p)
@@ -528,7 +569,7 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     pmax = _empty((N, n_pb, C), acc, dev)
     pidx = _empty((N, n_pb, C), torch.int32, dev)
     pdcg = _empty((N, n_pb, C), acc, dev)
-    plan.launch("bwd_reduce", bwd_reduce_kernel, (N * n_pb, n_csplits),
+    plan.launch("bwd_reduce", bwd_reduce_kernel, (N * n_csplits * n_pb,),
                 (x, dy, saved.a, saved.z, dz, dzpart, psum, pmax, pidx, pdcg, cnt, zhat, bnpart, bnsum, dbnw, dbnb,
                  cnt[N * n_pb + N * n_csplits + N:], C, P, c_per_split, n_csplits, N * n_pb,
                  s_xn, s_xc, s_xp, s_gn, s_gc, s_gp),
@@ -536,7 +577,7 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
                 # 16-bit inputs; fp32/fp64 unpipelined (two stages spilled at the 128-register
                 # budget on sm_90, fp32 channels_last; three spilled for every dtype)
                 dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, BN=bn_mode, BN_AFFINE=affine, **dy_stream, BLOCK_S=16,
-                     BLOCK_T=BLOCK_T, NUM_STAGES=2 if es <= 2 else 1), num_warps=blk.warps,
+                     BLOCK_T=BLOCK_T, NUM_STAGES=2 if es <= 2 else 1, REVERSE=ORDER["bwd_reduce"]), num_warps=blk.warps,
                 reads=("x", "dy"),
                 traffic=_stream_traffic(N, C, P, es, dy_stream["BLOCK_C"], blk.stream_p, loads=2, stores=0,
                                         c_per_split=c_per_split))
@@ -557,14 +598,15 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     dpre = _empty((N, 2, HID), acc, dev)
     hs = _empty((N, HID), acc, dev)
     w2_arg = w2 if w2 is not None else w1
-    plan.launch("bwd_spatial", bwd_spatial_kernel, (N * n_pb, n_csplits),
+    plan.launch("bwd_spatial", bwd_spatial_kernel, (N * n_csplits * n_pb,),
                 (x, dz, saved.smap, saved.sidx, wc, pdcg, ds, pdw, pdwn,
                  psum, pmax, pidx, saved.a, w1, b1 if has_bias else w1, w2_arg, vscr, da, idxp, dhp, prep, dpre, hs,
                  cnt[N * n_pb:], zhat, bnsum, stats, bn.weight if affine else dz,
                  C, P, H, W, HID, c_per_split, n_csplits, N * n_csplits, N * P, s_xn, s_xc, s_xp),
                 dict(X_LAYOUT=layout, KSIZE=K, CONV_FORM=conv_form, BN=bn_mode, BN_AFFINE=affine, **mlp_opts, **stream,
                      BLOCK_S=16, BLOCK_H=min(block_h, 32),
-                     BLOCK_CM=min(blk.stream_c, 32), BLOCK_R=triton.next_power_of_2(NR), **stages),
+                     BLOCK_CM=min(blk.stream_c, 32), BLOCK_R=triton.next_power_of_2(NR), **stages,
+                     REVERSE=ORDER["bwd_spatial"]),
                 num_warps=blk.warps, reads=("x",),
                 traffic=_stream_traffic(N, C, P, es, blk.stream_c, blk.stream_p, loads=1, stores=0,
                                         c_per_split=c_per_split))
@@ -587,7 +629,8 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
                      dwc if dwc is not None else some, dbc if dbc is not None else some, N, C, HID, n_htiles),
                     dict(**mlp_opts, HAS_MLP=need_mlp, HAS_CONV=need_conv, HAS_CONV_BIAS=dbc is not None, KSIZE=K,
                          CONV_FORM=conv_form,
-                         BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, BLOCK_R=triton.next_power_of_2(NR), BLOCK_N=16),
+                         BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, BLOCK_R=triton.next_power_of_2(NR), BLOCK_N=16,
+                         **stages),
                     num_warps=blk.mlp_warps,
                     traffic=Traffic(4 * N * (4 * C + 3 * HID) + 4 * 2 * HID * C,
                                     4 * N * 2 * (2 * blk.mlp_h + 2 * blk.mlp_c), 4 * 2 * (2 * blk.mlp_h + 2 * blk.mlp_c),
@@ -600,11 +643,12 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     if need_x:
         dx = _empty(x.shape, x.dtype, dev, _memory_format(layout))
         _, (s_dn, s_dc, s_dp) = layout_of(dx)
-        plan.launch("bwd_dx", bwd_dx_kernel, (N * n_pb, n_csplits),
+        plan.launch("bwd_dx", bwd_dx_kernel, (N * n_csplits * n_pb,),
                     (dy, dx, saved.a, saved.z, ds, saved.sidx, w1, dpre, idxp, _empty((N, 2, C), acc, dev),
                      C, P, HID, c_per_split,
                      s_gn, s_gc, s_gp, s_dn, s_dc, s_dp),
-                    dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, POOL=mlp.pool, **dy_stream, BLOCK_H=block_h, **stages),
+                    dict(X_LAYOUT=layout, DY_LAYOUT=dy_layout, POOL=mlp.pool, **dy_stream, BLOCK_H=block_h, **stages,
+                         REVERSE=ORDER["bwd_dx"]),
                     num_warps=blk.warps, reads=("dy",), writes=("dx",),
                     traffic=_stream_traffic(N, C, P, es, dy_stream["BLOCK_C"], blk.stream_p, loads=1, stores=1,
                                             c_per_split=c_per_split))

@@ -14,10 +14,11 @@ Shapes (N batch, C channels, P = H*W positions, K the odd conv size, NPB = cdiv(
 
 Every kernel here runs one program per (sample, block of BLOCK_P positions, channel chunk) and
 loops over the chunk's channels in a pipelined loop (``tl.range(num_stages=...)``), so each
-full-size tensor is streamed once per kernel. The grid is ``(N * NPB, n_csplits)``: a sample's
-position blocks on the first axis (CUDA caps the second at 65535, which NPB passes from H*W =
-2**21), the channel chunks on the second (at most 4 programs per SM's worth, so far below the
-cap). Reductions over the channels of a chunk are kept in running accumulators and reduced once
+full-size tensor is streamed once per kernel. The grid is 1-D, ``N * n_csplits * NPB``
+programs sample by sample (``common.sample_major``: the GPU starts programs about in grid
+order, so a pass walks the batch one sample at a time, ascending or, REVERSE, descending; the
+launchers alternate the direction between passes over the same tensor so each re-read starts
+on what is still in L2). Reductions over the channels of a chunk are kept in running accumulators and reduced once
 after the loop; the chunks' partial results are merged in a fixed order by the last program of
 each position block (a ticket). The k x k conv reads only the ``[N, 2, P]`` map (or ``[N, P]``
 dz in the backward), which stays in L1/L2.
@@ -26,7 +27,7 @@ dz in the backward), which stays in L1/L2.
 import triton
 import triton.language as tl
 
-from .common import argmax_rows, first_argmax, merge_argmax, sigmoid, sum_rows, ticket, tile_offsets
+from .common import argmax_rows, first_argmax, merge_argmax, sample_major, sigmoid, sum_rows, ticket, tile_offsets
 
 
 @triton.jit
@@ -58,17 +59,18 @@ def _channel_gate(W2, B2, HA, A, n, o_c, m_c, C, HID,
 
 
 # split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
-@triton.jit(do_not_specialize=["c_per_split", "n_csplits"])
+@triton.jit(do_not_specialize=["n_csplits"])
 def spatial_pool_kernel(
     X, W2, B2, HA, A, SPART, SPIDX, SMAP, SIDX, CNT,
     C, P, HID, c_per_split, n_csplits,
     s_n, s_c, s_p,
     LAYOUT: tl.constexpr, POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
+    NUM_STAGES: tl.constexpr, REVERSE: tl.constexpr,
 ):
     """Forward pass 2: the channel gate (the MLP's second layer) and the spatial pools of
-    ``x * cg`` (never stored). Grid ``(N * NPB, n_csplits)``; program (n, pb, cs) covers BLOCK_P
+    ``x * cg`` (never stored). Grid ``(N * n_csplits * NPB,)`` (sample by sample:
+    :func:`sample_major`, REVERSE descending); program (n, pb, cs) covers BLOCK_P
     positions and the channels ``[cs * c_per_split, ...)``:
 
     * ``a = W2 @ HA[n] + b2`` for its channels, before the stream loop (one ``[BLOCK_C, HID]``
@@ -82,10 +84,9 @@ def spatial_pool_kernel(
     """
     acc_ty = SMAP.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
-    pid = tl.program_id(0)
-    n = (pid // n_pb).to(tl.int64)
-    pb = pid % n_pb
-    cs = tl.program_id(1)
+    n, r = sample_major(n_pb * n_csplits, REVERSE)
+    cs = r // n_pb
+    pb = r - cs * n_pb
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     c_start = cs * c_per_split
@@ -105,7 +106,8 @@ def spatial_pool_kernel(
         o_c = c0 + tl.arange(0, BLOCK_C)
         m_c = o_c < c_end
         m = m_c[:, None] & m_p[None, :]
-        v = tl.load(X + tile_offsets(n, o_c, o_p, s_n, s_c, s_p, LAYOUT), mask=m, other=0.0).to(acc_ty)
+        v = tl.load(X + tile_offsets(n, o_c, o_p, s_n, s_c, s_p, LAYOUT), mask=m, other=0.0,
+                    eviction_policy="evict_last").to(acc_ty)  # pass 3 reads x again
         a = tl.load(A + n * C + o_c, mask=m_c, other=0.0)
         v = v * sigmoid(a)[:, None]
         acc_sum += v
@@ -283,17 +285,18 @@ def bn_running_update_kernel(STATS, RMEAN, RVAR, NBT, momentum_hi, momentum_lo, 
 
 
 # split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
-@triton.jit(do_not_specialize=["c_per_split", "H", "W"])
+@triton.jit(do_not_specialize=["H", "W"])
 def spatial_gate_kernel(
     X, Y, A, SMAP, WC, BC, Z, ZHAT, BNW, BNB, BNM, BNV, STATS,
     C, P, H, W, c_per_split, bn_eps,
     s_xn, s_xc, s_xp, s_yn, s_yc, s_yp,
     LAYOUT: tl.constexpr, KSIZE: tl.constexpr, CONV_FORM: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
     BN: tl.constexpr, BN_AFFINE: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, NUM_STAGES: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, NUM_STAGES: tl.constexpr, REVERSE: tl.constexpr,
 ):
     """Forward pass 3: the spatial gate's pre-activation z (stored by the first channel split) and
-    y = x * cg * sigmoid(z) with ``cg = sigmoid(A)``. Grid ``(N * NPB, n_csplits)``: program
+    y = x * cg * sigmoid(z) with ``cg = sigmoid(A)``. Grid ``(N * n_csplits * NPB,)`` (sample by sample:
+    :func:`sample_major`, REVERSE descending): program
     (n, pb, cs) covers BLOCK_P positions and the channels ``[cs * c_per_split, ...)`` (the k x k
     conv of the small map is recomputed per split, from L2).
 
@@ -307,10 +310,10 @@ def spatial_gate_kernel(
     """
     acc_ty = A.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
-    pid = tl.program_id(0)
-    n = (pid // n_pb).to(tl.int64)
-    pb = pid % n_pb
-    cs = tl.program_id(1)
+    n_csplits = tl.cdiv(C, c_per_split)
+    n, r = sample_major(n_pb * n_csplits, REVERSE)
+    cs = r // n_pb
+    pb = r - cs * n_pb
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     first = m_p & ((o_p * 0 + cs) == 0)
@@ -329,7 +332,7 @@ def spatial_gate_kernel(
             mean = tl.load(BNM).to(acc_ty)
             var = tl.load(BNV).to(acc_ty)
             invstd = 1.0 / tl.sqrt(var + bn_eps)
-            if pid == 0:
+            if tl.program_id(0) == 0:
                 if cs == 0:
                     tl.store(STATS, invstd)
                     tl.store(STATS + 1, mean)
@@ -347,23 +350,25 @@ def spatial_gate_kernel(
         o_c = c0 + tl.arange(0, BLOCK_C)
         m_c = o_c < c_end
         m = m_c[:, None] & m_p[None, :]
-        v = tl.load(X + tile_offsets(n, o_c, o_p, s_xn, s_xc, s_xp, LAYOUT), mask=m, other=0.0).to(acc_ty)
+        v = tl.load(X + tile_offsets(n, o_c, o_p, s_xn, s_xc, s_xp, LAYOUT), mask=m, other=0.0,
+                    eviction_policy="evict_first").to(acc_ty)  # the forward's last read of x
         cg = sigmoid(tl.load(A + n * C + o_c, mask=m_c, other=0.0))
         out = (v * cg[:, None]) * sg[None, :]
         tl.store(Y + tile_offsets(n, o_c, o_p, s_yn, s_yc, s_yp, LAYOUT), out.to(Y.dtype.element_ty), mask=m)
 
 
 # split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
-@triton.jit(do_not_specialize=["c_per_split", "n_csplits"])
+@triton.jit(do_not_specialize=["n_csplits"])
 def bwd_reduce_kernel(
     X, DY, A, Z, DZ, DZPART, PSUM, PMAX, PIDX, PDCG, CNT, ZHAT, BNPART, BNSUM, DBNW, DBNB, CNT_BN,
     C, P, c_per_split, n_csplits, n_tiles,
     s_xn, s_xc, s_xp, s_gn, s_gc, s_gp,
     X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, BN: tl.constexpr, BN_AFFINE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_T: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
+    NUM_STAGES: tl.constexpr, REVERSE: tl.constexpr,
 ):
-    """Backward pass 1 (reads x and dy). Grid ``(N * NPB, n_csplits)``; program (n, pb, cs), its
+    """Backward pass 1 (reads x and dy). Grid ``(N * n_csplits * NPB,)`` (sample by sample:
+    :func:`sample_major`, REVERSE descending); program (n, pb, cs), its
     BLOCK_P positions and channel chunk:
 
     * ``pdcg[n, pb, c] = sum_{p in block} dy * x * sg`` (first term of dL/dcg);
@@ -381,10 +386,9 @@ def bwd_reduce_kernel(
     """
     acc_ty = Z.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
-    pid = tl.program_id(0)
-    n = (pid // n_pb).to(tl.int64)
-    pb = pid % n_pb
-    cs = tl.program_id(1)
+    n, r = sample_major(n_pb * n_csplits, REVERSE)
+    cs = r // n_pb
+    pb = r - cs * n_pb
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     z = tl.load(Z + n * P + o_p, mask=m_p, other=0.0)
@@ -396,8 +400,11 @@ def bwd_reduce_kernel(
         o_c = c0 + tl.arange(0, BLOCK_C)
         m_c = o_c < c_end
         m = m_c[:, None] & m_p[None, :]
-        v = tl.load(X + tile_offsets(n, o_c, o_p, s_xn, s_xc, s_xp, X_LAYOUT), mask=m, other=0.0).to(acc_ty)
-        g = tl.load(DY + tile_offsets(n, o_c, o_p, s_gn, s_gc, s_gp, DY_LAYOUT), mask=m, other=0.0).to(acc_ty)
+        # evict_last: pass 2 re-reads x, pass 3 dy
+        v = tl.load(X + tile_offsets(n, o_c, o_p, s_xn, s_xc, s_xp, X_LAYOUT), mask=m, other=0.0,
+                    eviction_policy="evict_last").to(acc_ty)
+        g = tl.load(DY + tile_offsets(n, o_c, o_p, s_gn, s_gc, s_gp, DY_LAYOUT), mask=m, other=0.0,
+                    eviction_policy="evict_last").to(acc_ty)
         cg = sigmoid(tl.load(A + n * C + o_c, mask=m_c, other=0.0))
         gv = g * v
         acc_dsg += gv * cg[:, None]
@@ -532,7 +539,7 @@ def _mlp_backward_sample(B1, DHP, PREP, DPRE, HS, n, HID, n_csplits,
 
 
 # split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
-@triton.jit(do_not_specialize=["c_per_split", "n_csplits", "cnt_b", "H", "W"])
+@triton.jit(do_not_specialize=["n_csplits", "cnt_b", "H", "W"])
 def bwd_spatial_kernel(
     X, DZ, SMAP, SIDX, WC, PDCG, DS, PDW, PDWN,
     PSUM, PMAX, PIDX, A, W1, B1, W2, VSCR, DA, IDXP, DHP, PREP, DPRE, HS, CNT,
@@ -542,10 +549,11 @@ def bwd_spatial_kernel(
     X_LAYOUT: tl.constexpr, KSIZE: tl.constexpr, CONV_FORM: tl.constexpr, BN: tl.constexpr,
     BN_AFFINE: tl.constexpr, POOL: tl.constexpr, TWO_LAYER: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_CM: tl.constexpr, BLOCK_R: tl.constexpr, NUM_STAGES: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_CM: tl.constexpr, BLOCK_R: tl.constexpr, NUM_STAGES: tl.constexpr, REVERSE: tl.constexpr,
 ):
     """Backward pass 2 (reads x) and the channel MLP's backward (its own, smaller channel tile
-    BLOCK_CM: two [BLOCK_H, BLOCK_CM] weight tiles live at once). Grid ``(N * NPB, n_csplits)``;
+    BLOCK_CM: two [BLOCK_H, BLOCK_CM] weight tiles live at once). Grid ``(N * n_csplits * NPB,)`` (sample by sample:
+    :func:`sample_major`, REVERSE descending);
     program (n, pb, cs):
 
     * ``ds[n, 0, p]`` = dL/d max-map, ``ds[n, 1, p]`` = dL/d mean-map / C (transpose conv of dz,
@@ -564,10 +572,9 @@ def bwd_spatial_kernel(
     acc_ty = SMAP.dtype.element_ty
     KK: tl.constexpr = KSIZE * KSIZE
     n_pb = tl.cdiv(P, BLOCK_P)
-    pid = tl.program_id(0)
-    n = (pid // n_pb).to(tl.int64)
-    pb = pid % n_pb
-    cs = tl.program_id(1)
+    n, r = sample_major(n_pb * n_csplits, REVERSE)
+    cs = r // n_pb
+    pb = r - cs * n_pb
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     gi = 1.0
@@ -603,7 +610,8 @@ def bwd_spatial_kernel(
         o_c = c0 + tl.arange(0, BLOCK_C)
         m_c = o_c < c_end
         m = m_c[:, None] & m_p[None, :]
-        v = tl.load(X + tile_offsets(n, o_c, o_p, s_xn, s_xc, s_xp, X_LAYOUT), mask=m, other=0.0).to(acc_ty)
+        v = tl.load(X + tile_offsets(n, o_c, o_p, s_xn, s_xc, s_xp, X_LAYOUT), mask=m, other=0.0,
+                    eviction_policy="evict_first").to(acc_ty)  # the backward's last read of x
         coef = ds_mean[None, :] + tl.where(o_c[:, None] == sidx[None, :], ds_max[None, :], 0.0)
         o_part = (n * n_pb + pb) * C + o_c
         part = tl.load(PDCG + o_part, mask=m_c, other=0.0)
@@ -624,15 +632,16 @@ def bwd_spatial_kernel(
 
 
 # split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
-@triton.jit(do_not_specialize=["c_per_split"])
+@triton.jit(do_not_specialize=[])
 def bwd_dx_kernel(
     DY, DX, A, Z, DS, SIDX, W1, DPRE, IDXP, DV,
     C, P, HID, c_per_split,
     s_gn, s_gc, s_gp, s_dn, s_dc, s_dp,
     X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, POOL: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, NUM_STAGES: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, NUM_STAGES: tl.constexpr, REVERSE: tl.constexpr,
 ):
-    """Backward pass 3 (reads dy, writes dx; x itself is not needed). Grid ``(N * NPB, n_csplits)``.
+    """Backward pass 3 (reads dy, writes dx; x itself is not needed). Grid ``(N * n_csplits * NPB,)`` (sample by sample:
+    :func:`sample_major`, REVERSE descending).
 
     ``dx = (dy sg + ds_mean/C + [c == sidx] ds_max) cg + davg/P + [p == argmax_p] dmax``, where
     the pooled vectors' gradients come through the first layer, ``dv_j = W1^T dL/dpre_j`` (one
@@ -643,10 +652,10 @@ def bwd_dx_kernel(
     """
     acc_ty = Z.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
-    pid = tl.program_id(0)
-    n = (pid // n_pb).to(tl.int64)
-    pb = pid % n_pb
-    cs = tl.program_id(1)
+    n_csplits = tl.cdiv(C, c_per_split)
+    n, r = sample_major(n_pb * n_csplits, REVERSE)
+    cs = r // n_pb
+    pb = r - cs * n_pb
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     sg = sigmoid(tl.load(Z + n * P + o_p, mask=m_p, other=0.0))
@@ -684,7 +693,8 @@ def bwd_dx_kernel(
         o_c = c0 + tl.arange(0, BLOCK_C)
         m_c = o_c < c_end
         m = m_c[:, None] & m_p[None, :]
-        g = tl.load(DY + tile_offsets(n, o_c, o_p, s_gn, s_gc, s_gp, DY_LAYOUT), mask=m, other=0.0).to(acc_ty)
+        g = tl.load(DY + tile_offsets(n, o_c, o_p, s_gn, s_gc, s_gp, DY_LAYOUT), mask=m, other=0.0,
+                    eviction_policy="evict_first").to(acc_ty)  # the last read of dy
         cg = sigmoid(tl.load(A + n * C + o_c, mask=m_c, other=0.0))
         d_avg = tl.load(DV + (n * 2) * C + o_c, mask=m_c, other=0.0)
         d_max = tl.load(DV + (n * 2 + 1) * C + o_c, mask=m_c, other=0.0)

@@ -252,10 +252,12 @@ def _max_pool_case(N, C, P, along, layout, device):
 
 
 @pytest.mark.filterwarnings("ignore:All-NaN slice encountered")  # the interpreter's numpy max
+@pytest.mark.parametrize("reverse", [0, 1], ids=["ascending", "descending"])
 @pytest.mark.parametrize("layout", [LAYOUT_PCONTIG, LAYOUT_CCONTIG], ids=["nchw", "channels_last"])
-def test_spatial_max_pool_follows_torch_max(device, layout):
+def test_spatial_max_pool_follows_torch_max(device, layout, reverse):
     """spatial_pool_kernel (max over C of x * cg, several channel tiles per program and three
-    channel splits merged by the last program's ticket): NaN wins, first index."""
+    channel splits merged by the last program's ticket): NaN wins, first index, whichever
+    direction the grid walks the batch in."""
     N, C, P = 2, 70, 12
     blk, x, xk = _max_pool_case(N, C, P, 1, layout, device)
     dev = dict(device=device)
@@ -268,10 +270,10 @@ def test_spatial_max_pool_follows_torch_max(device, layout):
     spidx = torch.full((N, n_cs, P), -1, dtype=torch.int32, **dev)
     a = torch.full((N, C), INF, **dev)  # cg = sigmoid(inf) = 1: the pools of x itself
     cnt = torch.zeros(N * n_pb, dtype=torch.int32, **dev)
-    spatial_pool_kernel[(N * n_pb, n_cs)](
+    spatial_pool_kernel[(N * n_cs * n_pb,)](
         xk, a, a, a, a, spart, spidx, smap, sidx, cnt, C, P, C, c_per_split, n_cs, *xk.stride(),
         LAYOUT=layout, POOL=1, TWO_LAYER=False, HAS_BIAS=False, BLOCK_C=block_c, BLOCK_P=blk.stream_p,
-        BLOCK_H=16, BLOCK_S=2, NUM_STAGES=launch.NUM_STAGES, num_warps=blk.warps,
+        BLOCK_H=16, BLOCK_S=2, NUM_STAGES=launch.NUM_STAGES, REVERSE=reverse, num_warps=blk.warps,
     )
     assert n_cs == 3 and torch.equal(cnt, torch.zeros_like(cnt)), "the ticket counters must end at zero"
     values, indices = _max_cases(x.cpu(), 1)

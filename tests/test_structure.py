@@ -128,6 +128,34 @@ def test_no_parameter_casts(triton_backend, param_dtype):
     assert [g.dtype for g in grads] == [torch.bfloat16] + [param_dtype] * len(list(m.parameters()))
 
 
+@pytest.mark.parametrize("call", B32 + B1, ids=_ids(B32 + B1))
+def test_passes_walk_the_batch_in_a_serpentine(captured, call):
+    """Each full-size pass walks the batch sample by sample (a 1-D grid, the sample its slowest
+    index), and consecutive passes over the same tensor run in opposite directions, so each
+    starts where its predecessor ended, on what is still in L2: in the forward x is read
+    ascending, descending, ascending; in the backward x and dy ascending (pass 1), then x
+    descending (pass 2) and dy descending (pass 4)."""
+    cap = captured(call)
+    order = {r.launch.role: r.launch.constexprs["REVERSE"] for r in cap.forward + cap.backward
+             if r.launch.reads}
+    want = dict(channel_pool=0, spatial_pool=1, spatial_gate=0, bwd_reduce=0, bwd_spatial=1, bwd_dx=1)
+    assert order == {k: v for k, v in want.items() if k in order} and len(order) == (6 if cap.backward else 3)
+    for rec in cap.forward + cap.backward:
+        if rec.launch.reads:
+            assert len(rec.launch.grid) == 1, f"{rec.launch.role}: grid {rec.launch.grid} is not sample-major"
+    for part in (cap.forward, cap.backward):  # (between them the rest of the network runs: a cold start)
+        _alternates(part)
+
+
+def _alternates(records):
+    last = {}
+    for rec in records:
+        for name in rec.launch.reads:
+            if name in last:
+                assert rec.launch.constexprs["REVERSE"] != last[name], f"{rec.launch.role} re-reads {name} in the same direction"
+            last[name] = rec.launch.constexprs["REVERSE"]
+
+
 def _tiles(call, launch_, block_c, block_p):
     N, C, H, W = call.shape
     return N * math.ceil(C / block_c) * math.ceil(H * W / block_p)
@@ -158,9 +186,9 @@ def test_ticket_counters_end_at_zero(triton_backend, device):
             x = torch.randn(shape, device=device, requires_grad=True)
             with launch_plan_recorded() as rec:
                 m(x).sum().backward()
-            grids = {r.launch.role: r.launch.grid for r in rec}
-            assert grids["channel_pool"][1] > 1 or grids["spatial_pool"][1] > 1, grids
-            assert ("spatial_stats" in grids) == (preset == "timm")
+            splits = {r.launch.role: r.named_args.get("n_splits", r.named_args.get("n_csplits")) for r in rec}
+            assert splits["channel_pool"] > 1 or splits["spatial_pool"] > 1, splits
+            assert ("spatial_stats" in splits) == (preset == "timm")
             bufs = [b for b in launch._COUNTERS.values() if b.device == x.device]
             assert bufs and all(int(b.abs().sum()) == 0 for b in bufs)
 

@@ -351,7 +351,13 @@ def test_double_backward_same_on_every_backend(monkeypatch, device, bn):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
         assert b.abs().sum() > 0
     for a, b in zip(b_t, b_r):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        # the batch statistics are fp64 reductions in two summation orders (the kernels' tiles,
+        # PyTorch's), equal to the last bits only by chance: an fp64 rounding apart at most. A
+        # second update (the recomputation's) would move them by momentum-sized amounts.
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=0)
+        else:
+            assert torch.equal(a, b)
     if bn == "train":
         assert int(b_t[-1]) == 1  # num_batches_tracked: one forward, one update
 

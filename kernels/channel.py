@@ -24,7 +24,8 @@ import triton.language as tl
 from .common import nan_max, running_max, sample_major, sum_rows, ticket, tile_offsets
 
 
-# split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
+# the split count and counter offsets vary with the shape: not specialised (fewer variants to
+# compile); p_per_split is, as it is always a multiple of the tile: one divisibility class
 @triton.jit(do_not_specialize=["n_splits", "cnt_b"])
 def channel_pool_kernel(
     X, PSUM, PMAX, W1, B1, PRE, HA, CNT,

@@ -106,25 +106,23 @@ BLOCKS = {
 }
 
 
-def blocks_for(layout: int, dtype: torch.dtype) -> Blocks:
-    """Block sizes for a layout and io dtype: fp64 (gradcheck) halves the channel tiles (the MLP
-    kernels' too) and gives the MLP kernels 8 warps; otherwise they spill on sm_80 (seen:
-    channel_mlp_bwd_kernel with 32-channel tiles, STACK 8, for the light channel pool)."""
+def blocks_for(layout: int, dtype: torch.dtype, P: int = 0) -> Blocks:
+    """Block sizes for a layout, io dtype and H*W (``P``):
+
+    * fp64 (gradcheck) halves the channel tiles (the MLP kernels' too) and gives the MLP kernels
+      8 warps; otherwise they spill on sm_80 (seen: channel_mlp_bwd_kernel with 32-channel
+      tiles, STACK 8, for the light channel pool);
+    * channels_last with H*W above 32: the stream passes take [32, 64] (channels, positions)
+      instead of [64, 32], half as many position blocks per sample, so half as many programs
+      recompute their chunk's channel gate from a slab of W2 in spatial_pool (W2 is read N * NPB
+      times: 2.6-5x |x| at 2048 x 7 x 7 before); a row of the tile is still 64 contiguous bytes.
+      The report predicts 7.9 -> 5.4 us for that pass at 2048 x 7 x 7."""
     blk = BLOCKS[layout]
     if dtype == torch.float64:
         blk = dataclasses.replace(blk, pool_c=blk.pool_c // 2, stream_c=blk.stream_c // 2, mlp_c=blk.mlp_c // 2,
                                   mlp_warps=8)
-    return blk
-
-
-def stream_tile(blk: Blocks, layout: int, P: int) -> Blocks:
-    """The stream passes' tile for a shape. channels_last with H*W above 32 takes [32, 64]
-    (channels, positions) instead of [64, 32]: half as many position blocks per sample, so half
-    as many programs recompute their chunk's channel gate from a slab of W2 in spatial_pool (W2
-    is read N * NPB times: 2.6-5x |x| at 2048 x 7 x 7 before); a row of the tile is still 64
-    contiguous bytes. The report predicts 7.9 -> 5.4 us for that pass at 2048 x 7 x 7."""
     if layout == LAYOUT_CCONTIG and P > 32:
-        return dataclasses.replace(blk, stream_c=blk.stream_c // 2, stream_p=2 * blk.stream_p)
+        blk = dataclasses.replace(blk, stream_c=blk.stream_c // 2, stream_p=2 * blk.stream_p)
     return blk
 
 
@@ -235,7 +233,7 @@ def prepare_input(x: torch.Tensor):
 def _served_blocks(x: torch.Tensor) -> Blocks:
     """The block sizes x will be served with (a copied input becomes NCHW), without copying it."""
     layout, _ = layout_of(x)
-    return blocks_for(layout if layout in BLOCKS else LAYOUT_PCONTIG, x.dtype)
+    return blocks_for(layout if layout in BLOCKS else LAYOUT_PCONTIG, x.dtype, x.shape[2] * x.shape[3])
 
 
 def _memory_format(layout: int):
@@ -398,7 +396,7 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv
     HID = w1.shape[0]
     K = conv_taps(wc, conv_form)
     dev, acc = x.device, acc_dtype(x.dtype)
-    blk = stream_tile(blocks_for(layout, x.dtype), layout, P)
+    blk = blocks_for(layout, x.dtype, P)
     es, ws = x.element_size(), w1.element_size()
     S = x.numel() * es
     plan = Plan()
@@ -537,7 +535,7 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
     HID = w1.shape[0]
     K = conv_taps(wc, conv_form)
     dev, acc = x.device, acc_dtype(x.dtype)
-    blk = stream_tile(blocks_for(layout, x.dtype), layout, P)
+    blk = blocks_for(layout, x.dtype, P)
     es = x.element_size()
     n_pb = triton.cdiv(P, blk.stream_p)
     stream = dict(BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p)

@@ -31,6 +31,15 @@ from .common import argmax_rows, first_argmax, merge_argmax, sample_major, sigmo
 
 
 @triton.jit
+def _stream_program(n_pb, n_csplits, REVERSE: tl.constexpr):
+    """(sample, position block, channel chunk) of this program in a stream pass's 1-D grid of
+    ``N * n_csplits * n_pb`` programs, sample by sample (:func:`sample_major`)."""
+    n, r = sample_major(n_pb * n_csplits, REVERSE)
+    cs = r // n_pb
+    return n, r - cs * n_pb, cs
+
+
+@triton.jit
 def _channel_gate(W2, B2, HA, A, n, o_c, m_c, C, HID,
                   POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr):
     """The channel gate's pre-activation for channels o_c of sample n: with TWO_LAYER the MLP's
@@ -58,7 +67,7 @@ def _channel_gate(W2, B2, HA, A, n, o_c, m_c, C, HID,
     return a
 
 
-# split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
+# split counts and counter offsets vary with the shape: not specialised (fewer variants to compile)
 @triton.jit(do_not_specialize=["n_csplits"])
 def spatial_pool_kernel(
     X, W2, B2, HA, A, SPART, SPIDX, SMAP, SIDX, CNT,
@@ -84,9 +93,7 @@ def spatial_pool_kernel(
     """
     acc_ty = SMAP.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
-    n, r = sample_major(n_pb * n_csplits, REVERSE)
-    cs = r // n_pb
-    pb = r - cs * n_pb
+    n, pb, cs = _stream_program(n_pb, n_csplits, REVERSE)
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     c_start = cs * c_per_split
@@ -284,7 +291,7 @@ def bn_running_update_kernel(STATS, RMEAN, RVAR, NBT, momentum_hi, momentum_lo, 
     tl.store(RVAR, (rv * (1.0 - f) + f * tl.load(STATS + 2)).to(RVAR.dtype.element_ty))
 
 
-# split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
+# H and W vary with the shape: not specialised (fewer variants to compile)
 @triton.jit(do_not_specialize=["H", "W"])
 def spatial_gate_kernel(
     X, Y, A, SMAP, WC, BC, Z, ZHAT, BNW, BNB, BNM, BNV, STATS,
@@ -311,9 +318,7 @@ def spatial_gate_kernel(
     acc_ty = A.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
     n_csplits = tl.cdiv(C, c_per_split)
-    n, r = sample_major(n_pb * n_csplits, REVERSE)
-    cs = r // n_pb
-    pb = r - cs * n_pb
+    n, pb, cs = _stream_program(n_pb, n_csplits, REVERSE)
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     first = m_p & ((o_p * 0 + cs) == 0)
@@ -357,7 +362,7 @@ def spatial_gate_kernel(
         tl.store(Y + tile_offsets(n, o_c, o_p, s_yn, s_yc, s_yp, LAYOUT), out.to(Y.dtype.element_ty), mask=m)
 
 
-# split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
+# split counts and counter offsets vary with the shape: not specialised (fewer variants to compile)
 @triton.jit(do_not_specialize=["n_csplits"])
 def bwd_reduce_kernel(
     X, DY, A, Z, DZ, DZPART, PSUM, PMAX, PIDX, PDCG, CNT, ZHAT, BNPART, BNSUM, DBNW, DBNB, CNT_BN,
@@ -386,9 +391,7 @@ def bwd_reduce_kernel(
     """
     acc_ty = Z.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
-    n, r = sample_major(n_pb * n_csplits, REVERSE)
-    cs = r // n_pb
-    pb = r - cs * n_pb
+    n, pb, cs = _stream_program(n_pb, n_csplits, REVERSE)
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     z = tl.load(Z + n * P + o_p, mask=m_p, other=0.0)
@@ -538,7 +541,7 @@ def _mlp_backward_sample(B1, DHP, PREP, DPRE, HS, n, HID, n_csplits,
         tl.store(HS + n * HID + o_h, hs, mask=m_h)
 
 
-# split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
+# split counts and counter offsets vary with the shape: not specialised (fewer variants to compile)
 @triton.jit(do_not_specialize=["n_csplits", "cnt_b", "H", "W"])
 def bwd_spatial_kernel(
     X, DZ, SMAP, SIDX, WC, PDCG, DS, PDW, PDWN,
@@ -572,9 +575,7 @@ def bwd_spatial_kernel(
     acc_ty = SMAP.dtype.element_ty
     KK: tl.constexpr = KSIZE * KSIZE
     n_pb = tl.cdiv(P, BLOCK_P)
-    n, r = sample_major(n_pb * n_csplits, REVERSE)
-    cs = r // n_pb
-    pb = r - cs * n_pb
+    n, pb, cs = _stream_program(n_pb, n_csplits, REVERSE)
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     gi = 1.0
@@ -631,8 +632,7 @@ def bwd_spatial_kernel(
                 _mlp_backward_sample(B1, DHP, PREP, DPRE, HS, n, HID, n_csplits, POOL, HAS_BIAS, BLOCK_H, BLOCK_S)
 
 
-# split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)
-@triton.jit(do_not_specialize=[])
+@triton.jit
 def bwd_dx_kernel(
     DY, DX, A, Z, DS, SIDX, W1, DPRE, IDXP, DV,
     C, P, HID, c_per_split,
@@ -653,9 +653,7 @@ def bwd_dx_kernel(
     acc_ty = Z.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
     n_csplits = tl.cdiv(C, c_per_split)
-    n, r = sample_major(n_pb * n_csplits, REVERSE)
-    cs = r // n_pb
-    pb = r - cs * n_pb
+    n, pb, cs = _stream_program(n_pb, n_csplits, REVERSE)
     o_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m_p = o_p < P
     sg = sigmoid(tl.load(Z + n * P + o_p, mask=m_p, other=0.0))

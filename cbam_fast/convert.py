@@ -251,13 +251,10 @@ def _hidden(owner, width, why=""):
     return width
 
 
-def _official(m):
-    gate, spatial = getattr(m, "ChannelGate", None), getattr(m, "SpatialGate", None)
-    if gate is None or not _is(gate, "ChannelGate"):
-        return None
+def _official_gate(m, gate):
+    """The authors' ChannelGate's pools and MLP layers (fc1, fc2), checked: UnsupportedModule for
+    an option cbam_fast does not serve."""
     pools = list(getattr(gate, "pool_types", ["avg", "max"]))
-    if getattr(m, "no_spatial", False) or spatial is None:
-        _refuse(m, "no_spatial=True")
     others = [p for p in pools if p not in ("avg", "max")]
     if others:
         _refuse(m, f"pool_types={pools} (the {others} pools)")
@@ -273,6 +270,18 @@ def _official(m):
         _refuse(m, "an MLP other than the authors' Flatten-Linear-ReLU-Linear")
     fc1 = layers[1]
     _hidden(m, fc1.out_features, f" (gate_channels {fc1.in_features} < reduction_ratio: C // r is 0)")
+    return pools, fc1, layers[3]
+
+
+def _official(m):
+    gate, spatial = getattr(m, "ChannelGate", None), getattr(m, "SpatialGate", None)
+    if gate is None or not _is(gate, "ChannelGate"):
+        return None
+    if getattr(m, "no_spatial", False):
+        return None  # the channel gate alone: a ChannelAttention (cbam_fast/gate_convert.py)
+    if spatial is None:
+        _refuse(m, "a CBAM without its SpatialGate")
+    pools, fc1, _ = _official_gate(m, gate)
     basic = spatial.spatial
     k = _spatial_conv(basic.conv, m, 2)
     if getattr(basic, "relu", None) is not None:
@@ -676,6 +685,14 @@ def _cbam():
     return CBAM
 
 
+def _served():
+    """cbam_fast's own modules: never converted again."""
+    from .gate_modules import ChannelAttention, SpatialAttention
+    from .module import CBAM
+
+    return CBAM, ChannelAttention, SpatialAttention
+
+
 def _bn_args(bn):
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
         return {}
@@ -790,7 +807,9 @@ def _confirm_numerically(source, new):
 
 
 def from_module(module: nn.Module):
-    """An equivalent :class:`cbam_fast.CBAM` holding copies of ``module``'s weights and buffers
+    """An equivalent :class:`cbam_fast.CBAM` (or, for a gate module such as timm's ``SEModule`` or a
+    CBAM half used alone, :class:`cbam_fast.ChannelAttention` / :class:`cbam_fast.SpatialAttention`:
+    cbam_fast/gate_convert.py, keys kept as they are) holding copies of ``module``'s weights and buffers
     (each with its dtype, device and ``requires_grad``), in its train/eval mode (the spatial
     BatchNorm in its own). It saves its state dict under ``module``'s key names and shapes, and
     loads those (and its own). ``converted_from`` names the implementation. Raises
@@ -799,6 +818,11 @@ def from_module(module: nn.Module):
     carries them over)."""
     found = _recognise(module)
     if found is None:
+        from .gate_convert import recognise_gate
+
+        gate = recognise_gate(module)
+        if gate is not None:
+            return gate
         raise TypeError(f"{type(module).__name__} is not a CBAM module cbam_fast recognises")
     new, group = _build(module, found)
     _record_keys(new, group, load_hook=False)  # loading: CBAM._load_from_state_dict translates
@@ -846,7 +870,7 @@ class _Walk:
             return new
         self.memo[id(m)], self.names[id(m)] = m, qual or "<model>"
         self.keep.append(m)  # ids stay unique while the walk runs
-        if isinstance(m, _cbam()):
+        if isinstance(m, _served()):
             return m
         new = self.replace(m, qual)
         if new is not None:
@@ -865,18 +889,26 @@ class _Walk:
         try:
             found = _recognise(m)
             if found is None:
-                return None
-            self.check_replaceable(m, [("", m)], carried=m)
-            new, group = _build(m, found)
-            _record_keys(new, group, load_hook=False)
+                from .gate_convert import recognise_gate
+
+                gate = recognise_gate(m)
+                if gate is None:
+                    return None
+                self.check_replaceable(m, [("", m)], carried=m)
+                new, kind, what = gate, gate.converted_from, f"gate) with cbam_fast.{type(gate).__name__}"
+            else:
+                self.check_replaceable(m, [("", m)], carried=m)
+                new, group = _build(m, found)
+                _record_keys(new, group, load_hook=False)
+                kind, what = found.kind, "CBAM) with cbam_fast.CBAM"
             for attr in _CARRIED:
                 if attr in m.__dict__:
                     new.__dict__[attr] = m.__dict__[attr]
         except Exception as e:  # noqa: BLE001 - one module never aborts convert: it stays, with the reason
             self.warn(qual, m, e)
             return None
-        self.replaced.append((qual or "<model>", found.kind))
-        log.info("cbam_fast.convert: replaced %s (%s CBAM) with cbam_fast.CBAM", qual or "<model>", found.kind)
+        self.replaced.append((qual or "<model>", kind))
+        log.info("cbam_fast.convert: replaced %s (%s %s", qual or "<model>", kind, what)
         return new
 
     def fuse_pairs(self, seq, qual):

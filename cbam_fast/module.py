@@ -190,8 +190,8 @@ class CBAM(nn.Module):
 
         ``pool_types``: ``['avg', 'max']`` (either order: the MLP outputs are summed) or
         ``['avg']``; the others (``'lp'``, ``'lse'``, ``'max'`` alone, repeats) are refused with a
-        ValueError naming them. ``no_spatial=True`` needs a channel-only gate, which this module
-        does not serve yet: refused. A hidden width of 0 (C < r) is refused. Extra keywords
+        ValueError naming them. ``no_spatial=True`` returns the channel gate alone,
+        :meth:`cbam_fast.ChannelAttention.official` (the authors' keys). A hidden width of 0 (C < r) is refused. Extra keywords
         (``keep_attention``, ...) go to :class:`CBAM`."""
         pools = _official_channel_pool(pool_types)
         if "channel_pool" in kw:  # cbam_fast's own keyword, over the default pool_types only
@@ -199,11 +199,15 @@ class CBAM(nn.Module):
             if chosen != pools and list(pool_types) != ["avg", "max"]:
                 raise ValueError(f"CBAM.official: channel_pool={chosen!r} contradicts pool_types={list(pool_types)!r}")
             pools = chosen
-        if no_spatial:
-            raise ValueError(
-                "CBAM.official: no_spatial=True (the authors' channel gate alone) needs a channel-only "
-                "gate, which cbam_fast does not serve yet; keep the authors' module for it"
-            )
+        if no_spatial:  # the authors' channel gate alone: a ChannelAttention with the authors' keys
+            if kw:
+                raise ValueError(f"CBAM.official: no_spatial=True takes no cbam_fast keywords, got {sorted(kw)}")
+            if pools not in ("avg_max", "avg"):
+                raise ValueError(f"CBAM.official: no_spatial=True with channel_pool={pools!r}: the authors' channel "
+                                 "gate pools avg and max, or avg")
+            from .gate_modules import ChannelAttention
+
+            return ChannelAttention.official(gate_channels, reduction_ratio, ["avg", "max"] if pools == "avg_max" else ["avg"])
         hidden = _floor_width("CBAM.official", "gate_channels", gate_channels, "reduction_ratio", reduction_ratio)
         return cls(gate_channels, reduction_ratio, 7, channel_pool=pools, hidden_channels=hidden,
                    spatial_bn=True, bn_eps=1e-5, bn_momentum=0.01, **kw)

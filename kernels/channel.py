@@ -21,7 +21,7 @@ ticket); its second layer runs per channel chunk in the spatial pooling pass
 import triton
 import triton.language as tl
 
-from .common import nan_max, running_max, sample_major, sum_rows, ticket, tile_offsets
+from .common import nan_max, running_max, sample_major, sigmoid, sum_rows, ticket, tile_offsets
 
 
 # the split count and counter offsets vary with the shape: not specialised (fewer variants to
@@ -31,7 +31,7 @@ def channel_pool_kernel(
     X, PSUM, PMAX, W1, B1, PRE, HA, CNT,
     C, P, HID, p_per_split, n_splits, cnt_b,
     s_n, s_c, s_p,
-    LAYOUT: tl.constexpr, POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr,
+    LAYOUT: tl.constexpr, POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_CB: tl.constexpr, NUM_STAGES: tl.constexpr, REVERSE: tl.constexpr, ONE_TILE: tl.constexpr,
 ):
@@ -50,8 +50,9 @@ def channel_pool_kernel(
        ``[HID, BLOCK_C]`` slab of W1;
     4. the last channel block of sample n (a ticket on ``CNT[cnt_b + n]``) sums the partial
        products over the blocks in a fixed order and writes, with TWO_LAYER, the summed hidden
-       activation ``HA[n] = relu(pre_avg + b1) + relu(pre_max + b1)`` (``[N, HID]``; the second
-       layer is linear, so the branches are summed before it), else the gate's pre-activation
+       activation ``HA[n] = act(pre_avg + b1) + act(pre_max + b1)`` (``[N, HID]``; ``act`` ReLU, or
+       SiLU for ACT 1; the second layer is linear, so the branches are summed before it), else the
+       gate's pre-activation
        ``HA[n] = (W1 avg + b1) + (W1 max + b1)`` (``[N, C]``, HID == C). POOL 1 and 2 have one
        branch. Parameters in their own dtype, upcast after loading.
     """
@@ -128,9 +129,13 @@ def channel_pool_kernel(
                     b1 = tl.load(B1 + o_h, mask=m_h, other=0.0).to(acc_ty)
                     pre0 += b1
                     pre1 += b1
-                if TWO_LAYER:  # ReLU keeping NaN, as torch.relu
-                    pre0 = tl.where(pre0 < 0.0, 0.0, pre0)
-                    pre1 = tl.where(pre1 < 0.0, 0.0, pre1)
+                if TWO_LAYER:
+                    if ACT == 0:  # ReLU keeping NaN, as torch.relu
+                        pre0 = tl.where(pre0 < 0.0, 0.0, pre0)
+                        pre1 = tl.where(pre1 < 0.0, 0.0, pre1)
+                    else:  # SiLU, x * sigmoid(x)
+                        pre0 = pre0 * sigmoid(pre0)
+                        pre1 = pre1 * sigmoid(pre1)
                 if POOL == 0:
                     pre0 += pre1
                 tl.store(HA + n * HID + o_h, pre0, mask=m_h)

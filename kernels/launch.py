@@ -308,7 +308,7 @@ class Saved:
     stats: Optional[torch.Tensor] = None  # [3] acc dtype, (invstd, mean, variance) of the spatial BatchNorm
 
 
-def pool_tile(blk: Blocks, layout: int, N: int, C: int, P: int, sms: int) -> tuple[int, int]:
+def pool_tile(blk: Blocks, layout: int, N: int, C: int, P: int, sms: int, pool: int = 0) -> tuple[int, int]:
     """(BLOCK_C, BLOCK_P) of the channel pooling. NCHW with H*W at most 256 (the 14 x 14 and
     7 x 7 stages): one tile spans all of H*W (the next power of two) and holds more channels,
     up to 4x the layout's tile ([64, 64] at 7 x 7, [32, 256] at 14 x 14; the kernel's ONE_TILE
@@ -317,8 +317,12 @@ def pool_tile(blk: Blocks, layout: int, N: int, C: int, P: int, sms: int) -> tup
     if layout != LAYOUT_PCONTIG or P > 256:
         return blk.pool_c, blk.pool_p
     pool_p = triton.next_power_of_2(P)
-    # (at most 4x the channels: [128, 64] spilled with triton 3.6 on sm_80 and sm_90)
+    # (at most 4x the channels: [128, 64] spilled with triton 3.6 on sm_80 and sm_90; and for the
+    # average pool alone, ``pool`` POOL_AVG, at most 4096 elements: [32, 256] spilled there with
+    # triton 3.9, 128 registers and STACK 40-64, sm_80 and sm_90, where avg + max did not)
     pool_c = min(4 * blk.pool_c, 4 * blk.pool_c * blk.pool_p // pool_p)
+    if pool == POOL_AVG:
+        pool_c = max(blk.pool_c, min(pool_c, 4096 // pool_p))
     # but not so few programs that SMs idle (a small batch): at least two per SM, else the
     # layout's own channel tile
     while pool_c > blk.pool_c and N * triton.cdiv(C, pool_c) < 2 * sms:
@@ -373,6 +377,48 @@ def _counters(device: torch.device, n: int) -> torch.Tensor:
     return buf
 
 
+# The MLP's hidden activation (kernels/channel.py ACT): ReLU (CBAM, SE) or SiLU (EfficientNet's SE).
+ACT_RELU, ACT_SILU = 0, 1
+
+
+def launch_channel_pool(plan: Plan, x, layout: int, strides, w1, b1, mlp: ChannelMLP, blk: Blocks, cnt,
+                        act: int = ACT_RELU) -> torch.Tensor:
+    """Plan ``channel_pool_kernel`` (forward pass 1 of CBAM, and of the fused channel gate) into
+    ``plan``: the channel pools of x, the MLP's first layer per channel block and, per sample,
+    the summed hidden activation (single layer: the gate's pre-activation). ``cnt``: the
+    tickets' counters, ``N * NCB + N`` of them from its start (NCB: :func:`pool_tile`'s blocks).
+    Returns ``ha`` ``[N, HID]`` (acc dtype)."""
+    s_n, s_c, s_p = strides
+    N, C, H, W = x.shape
+    P = H * W
+    HID = w1.shape[0]
+    dev, acc = x.device, acc_dtype(x.dtype)
+    es, ws = x.element_size(), w1.element_size()
+    S = x.numel() * es
+    has_bias = b1 is not None
+    pool_c, pool_p = pool_tile(blk, layout, N, C, P, sm_count(dev), mlp.pool)
+    n_cblocks = triton.cdiv(C, pool_c)
+    n_splits = _pool_splits(N * n_cblocks, P, pool_p, dev)
+    p_per_split = triton.cdiv(triton.cdiv(P, n_splits), pool_p) * pool_p
+    n_splits = triton.cdiv(P, p_per_split)
+    psum = _empty((N, n_splits, C), acc, dev)
+    pmax = _empty((N, n_splits, C), acc, dev)
+    pre = _empty((N, n_cblocks, 2, HID), acc, dev)
+    ha = _empty((N, HID), acc, dev)
+    block_h = min(triton.next_power_of_2(HID), MLP_BLOCK_H)
+    pool_h = min(block_h, 4096 // pool_c)  # the [BLOCK_H, BLOCK_C] slab of W1: at most 16 values per thread
+    plan.launch("channel_pool", channel_pool_kernel, (N * n_splits * n_cblocks,),
+                (x, psum, pmax, w1, b1 if has_bias else w1, pre, ha, cnt, C, P, HID, p_per_split, n_splits,
+                 N * n_cblocks, s_n, s_c, s_p),
+                dict(LAYOUT=layout, POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias, ACT=act,
+                     BLOCK_C=pool_c, BLOCK_P=pool_p, BLOCK_S=32, BLOCK_H=pool_h,
+                     BLOCK_CB=32, NUM_STAGES=NUM_STAGES, REVERSE=ORDER["channel_pool"], ONE_TILE=pool_p >= P),
+                num_warps=blk.warps, reads=("x",),
+                traffic=Traffic(S + N * HID * C * ws, pool_c * min(p_per_split, P) * es + HID * pool_c * ws,
+                                pool_c * min(pool_p, P) * es))
+    return ha
+
+
 def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv_form: int = CONV_MAX_MEAN,
                  bn: Optional[SpatialBN] = None) -> Plan:
     """The fused CBAM forward as a :class:`Plan` (nothing runs until :func:`execute`): three
@@ -405,30 +451,16 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv
     stages = dict(NUM_STAGES=NUM_STAGES)
 
     # pass 1: channel pools, the MLP's first layer (per channel block), the hidden vector per sample
-    pool_c, pool_p = pool_tile(blk, layout, N, C, P, sm_count(dev))
+    pool_c, pool_p = pool_tile(blk, layout, N, C, P, sm_count(dev), mlp.pool)
     n_cblocks = triton.cdiv(C, pool_c)
-    n_splits = _pool_splits(N * n_cblocks, P, pool_p, dev)
-    p_per_split = triton.cdiv(triton.cdiv(P, n_splits), pool_p) * pool_p
-    n_splits = triton.cdiv(P, p_per_split)
     n_pb = triton.cdiv(P, blk.stream_p)
     c_per_split = _channel_splits(N * n_pb, C, blk.stream_c, dev)
     n_csplits = triton.cdiv(C, c_per_split)
     cnt = _counters(dev, N * n_cblocks + N + N * n_pb + 1)
-    psum = _empty((N, n_splits, C), acc, dev)
-    pmax = _empty((N, n_splits, C), acc, dev)
-    pre = _empty((N, n_cblocks, 2, HID), acc, dev)
-    ha = _empty((N, HID), acc, dev)  # the summed hidden activation, or (single layer) the gate's pre-activation
+    # the summed hidden activation, or (single layer) the gate's pre-activation
+    ha = launch_channel_pool(plan, x, layout, (s_n, s_c, s_p), w1, b1, mlp, blk, cnt)
     a = ha if not mlp.two_layer else _empty((N, C), acc, dev)
     block_h = min(triton.next_power_of_2(HID), MLP_BLOCK_H)
-    pool_h = min(block_h, 4096 // pool_c)  # the [BLOCK_H, BLOCK_C] slab of W1: at most 16 values per thread
-    plan.launch("channel_pool", channel_pool_kernel, (N * n_splits * n_cblocks,),
-                (x, psum, pmax, w1, b1 if has_bias else w1, pre, ha, cnt, C, P, HID, p_per_split, n_splits,
-                 N * n_cblocks, s_n, s_c, s_p),
-                dict(LAYOUT=layout, **mlp_opts, BLOCK_C=pool_c, BLOCK_P=pool_p, BLOCK_S=32, BLOCK_H=pool_h,
-                     BLOCK_CB=32, **stages, REVERSE=ORDER["channel_pool"], ONE_TILE=pool_p >= P),
-                num_warps=blk.warps, reads=("x",),
-                traffic=Traffic(S + N * HID * C * ws, pool_c * min(p_per_split, P) * es + HID * pool_c * ws,
-                                pool_c * min(pool_p, P) * es))
 
     # pass 2: the MLP's second layer (per channel chunk) and the spatial pools of x * cg
     smap = _empty((N, 2, P), acc, dev)

@@ -154,7 +154,14 @@ def test_parts_shared_with_the_rest_of_the_model_are_never_untied():
     model = nn.Sequential(m1, m2, m3, m4, pair)
     with pytest.warns(UserWarning) as record:
         out, replaced = cbam_fast.convert(model, return_replaced=True)
-    assert replaced == [] and [out[i] for i in range(4)] == [m1, m2, m3, m4] and list(pair)[1:3] == [ca, sa]
+    # the CBAMs stay (each would untie something); their halves alone are served where that unties
+    # nothing: the shared timm channel half becomes one ChannelAttention at both places, the
+    # seed halves each their own module (ca at both of its places)
+    assert replaced == [("0.channel", "tutorial"), ("4.1", "tutorial"), ("4.2", "tutorial")]
+    assert [out[i] for i in range(4)] == [m1, m2, m3, m4]
+    assert isinstance(m1.channel, cbam_fast.ChannelAttention) and m1.channel is m2.channel
+    assert isinstance(pair[1], cbam_fast.ChannelAttention) and pair[1] is pair[4]
+    assert isinstance(pair[2], cbam_fast.SpatialAttention)
     messages = "\n".join(str(w.message) for w in record)
     for where, why in (("0", "CbamModule: its submodule channel is also used elsewhere in the model"),
                        ("1", "CbamModule: its submodule channel is also used elsewhere in the model"),
@@ -368,10 +375,14 @@ def test_several_pairs_in_one_sequential():
                         nn.ReLU(), seed_tutorial.ChannelAttention(C, R), seed_tutorial.SpatialAttention(),
                         seed_tutorial.SpatialAttention(), seed_tutorial.ChannelAttention(C, R)).eval()
     out, replaced = _convert_quietly(seq, return_replaced=True)
-    assert out is seq and len(seq) == 8 and replaced == [("1", "tutorial"), ("4", "tutorial")]
+    # the two pairs: one CBAM each; the spatial half before a channel half is not a CBAM: each is
+    # served alone, as a SpatialAttention and a ChannelAttention
+    assert out is seq and len(seq) == 8
+    assert replaced == [("1", "tutorial"), ("4", "tutorial"), ("6", "tutorial"), ("7", "tutorial")]
     assert not any(m.training for m in seq.modules())  # eval mode kept, the new modules' too
     assert [type(m).__name__ for m in seq] == ["Conv2d", "CBAM", "Identity", "ReLU", "CBAM", "Identity",
-                                               "SpatialAttention", "ChannelAttention"]  # spatial first: not a CBAM
+                                               "SpatialAttention", "ChannelAttention"]
+    assert isinstance(seq[6], cbam_fast.SpatialAttention) and isinstance(seq[7], cbam_fast.ChannelAttention)
 
 
 class _Holder(nn.Module):

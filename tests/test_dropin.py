@@ -232,11 +232,10 @@ def test_convert_replaces_the_root_and_skips_converted():
     "factory,option",
     [
         (lambda: official.CBAM(C, 4, pool_types=("avg", "max", "lp")), "pool_types"),
-        (lambda: official.CBAM(C, 4, no_spatial=True), "no_spatial"),
         (lambda: timm_cbam.CbamModule(C, gate_layer=nn.Hardsigmoid), "gate_layer=Hardsigmoid"),
         (lambda: timm_cbam.CbamModule(C, act_layer=nn.SiLU), "act_layer=SiLU"),
     ],
-    ids=["official-lp-pool", "official-no-spatial", "timm-hard-sigmoid", "timm-silu"],
+    ids=["official-lp-pool", "timm-hard-sigmoid", "timm-silu"],
 )
 def test_unsupported_options_are_refused(factory, option):
     m = factory()
@@ -255,7 +254,10 @@ def test_unsupported_kernel_size_is_refused_not_raised():
         cbam_fast.CBAM.from_module(m)
     with pytest.warns(UserWarning, match="spatial kernel size 9"):
         out, replaced = cbam_fast.convert(nn.Sequential(m), return_replaced=True)
-    assert out[0] is m and replaced == []
+    # the CBAM stays; its channel half alone (an SE-like gate) is served exactly, the 9x9 spatial
+    # half is left with its own warning
+    assert out[0] is m and replaced == [("0.channel_attention", "ultralytics")]
+    assert isinstance(m.channel_attention, cbam_fast.ChannelAttention)
 
 
 def test_frozen_spatial_bn_keeps_its_mode(triton_backend, device):

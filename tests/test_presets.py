@@ -218,11 +218,18 @@ def test_official_serves_pool_types():
         cbam_fast.CBAM.official(32, 4, ["avg"], channel_pool="avg_max")
 
 
-def test_official_refuses_no_spatial():
-    with pytest.raises(ValueError, match="no_spatial=True .*channel-only gate"):
-        cbam_fast.CBAM.official(32, 4, no_spatial=True)
-    with pytest.raises(ValueError, match="channel-only gate"):
-        cbam_fast.CBAM.official(32, 4, ["avg", "max"], True)
+def test_official_no_spatial_is_the_channel_gate_alone():
+    """The authors' no_spatial=True: a ChannelAttention with the authors' ChannelGate keys."""
+    m = cbam_fast.CBAM.official(32, 4, no_spatial=True)
+    assert isinstance(m, cbam_fast.ChannelAttention)
+    theirs = official.CBAM(32, 4, no_spatial=True)
+    assert {k: v.shape for k, v in m.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    m.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 32, 5, 5)
+    torch.testing.assert_close(m(x), theirs(x), rtol=1e-5, atol=1e-6)
+    assert cbam_fast.CBAM.official(32, 4, ["avg"], True).pooling == "avg"
+    with pytest.raises(ValueError, match="no cbam_fast keywords"):
+        cbam_fast.CBAM.official(32, 4, no_spatial=True, keep_attention=True)
 
 
 def test_presets_keep_their_keywords():

@@ -29,24 +29,6 @@ B1 = [launched.Call((1, *chw), "bf16", fmt, "default", False, "fwd")
       for chw in launched.R50_STAGES for fmt in ("nchw", "cl")]
 
 
-@pytest.fixture(scope="module")
-def captured():
-    """Calls as planned, without the test suite's NaN poisoning of the launchers' buffers (a
-    fill per buffer, which the library itself never launches)."""
-    cache = {}
-
-    def get(call):
-        if call not in cache:
-            poison, launch.POISON = launch.POISON, False
-            try:
-                cache[call] = launched.capture(call)
-            finally:
-                launch.POISON = poison
-        return cache[call]
-
-    return get
-
-
 def _ids(calls):
     return [c.id for c in calls]
 

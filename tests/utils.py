@@ -83,6 +83,19 @@ def tie_free_input(shape, dtype, params, device, memory_format=torch.contiguous_
     return x.to(dtype).to(device=device, memory_format=memory_format)
 
 
+def distinct_rows(shape, dtype, device, memory_format=torch.contiguous_format, axis="channel"):
+    """Fresh random x whose max along a gate's pooled axis is unique with a margin (exact values in
+    every dtype): rows of distinct multiples of 1/64 along H*W (``axis="channel"``: the channel
+    gate pools over H*W) or along C (``"spatial"``)."""
+    if axis == "channel":
+        return tie_free_input(shape, dtype, lambda x: torch.ones(x.shape[:2], dtype=x.dtype), device, memory_format)
+    N, C, H, W = shape
+    assert C <= 512
+    v = (torch.rand(N * H * W, 512).argsort(dim=1)[:, :C] - 256).double().div(64)
+    x = v.view(N, H, W, C).permute(0, 3, 1, 2)
+    return x.to(dtype).to(device=device, memory_format=memory_format)
+
+
 def run_reference(x, params):
     return reference.cbam(x, *(params[n] for n in PARAM_NAMES))
 

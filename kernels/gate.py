@@ -1,0 +1,266 @@
+"""Triton kernels of the pooled-gate family: CBAM's channel half alone (squeeze-and-excitation)
+and its spatial half alone.
+
+Both gate one axis of x by a function of x pooled over the other axis, so one set of kernels
+serves both. x is viewed as ``[N, K, R]`` through three strides ``(s_n, s_k, s_r)``: ``K`` the
+gated ("kept") axis, ``R`` the pooled ("reduced") axis:
+
+* the channel gate: ``K = C``, ``R = H*W`` (``g`` is ``[N, C]``);
+* the spatial gate: ``K = H*W``, ``R = C`` (``g`` is ``[N, H*W]``).
+
+``LAYOUT`` is :func:`common.tile_offsets`' with K as its first index and R as its second: 0 when
+``s_r == 1``, 1 when ``s_k == 1``, 2 neither (an incoming gradient in other strides).
+
+forward, 2 launches:
+
+1. :func:`gate_pool_kernel` reads x: mean, max and the first argmax over R (``V`` ``[N, 2, K]``,
+   ``IDX`` ``[N, K]``), R split across programs until the grid fills the GPU, the splits merged
+   in a fixed order by the last program of each block (a ticket: deterministic, no atomics on data);
+   then the tiny step runs as PyTorch ops on ``[N, K]`` (a caller's excitation);
+   or, for the channel gate with a plain MLP (SE), CBAM's ``channel_pool_kernel`` instead
+   (kernels/channel.py: the pools, the MLP's first layer and, per sample, the hidden vector:
+   the tiny step folded into the pass; nothing between the launches);
+2. :func:`gate_scale_kernel` reads x again (from L2 where it is still there: the passes walk the
+   batch in opposite directions) and writes ``y = x * g`` (for the folded MLP, with the second
+   layer and the gate computed per channel block first).
+
+backward, 2 launches around the tiny step's own backward (PyTorch ops on ``[N, K]``: for the
+folded MLP its recomputation from the pools):
+
+1. :func:`gate_bwd_reduce_kernel` reads x and dy: ``dg = sum_r dy * x`` (``[N, K]``), and the
+   pools again where the forward kept none (the folded MLP);
+2. :func:`gate_bwd_dx_kernel` reads dy, writes ``dx = dy * g + dmean / R + dmax at the argmax``.
+
+Every program covers a ``[BLOCK_K, BLOCK_R]`` tile at a time of ``BLOCK_K`` kept indices and
+its split of R, in a pipelined loop with running accumulators reduced once after the loop.
+"""
+
+import triton
+import triton.language as tl
+
+from .common import argmax_rows, first_argmax, merge_argmax, sample_major, sigmoid, sum_rows, ticket, tile_offsets
+from .spatial import _channel_gate
+
+
+@triton.jit
+def _gate_program(n_kb, n_splits, REVERSE: tl.constexpr):
+    """(sample, split of R, block of K) of this program in a 1-D grid of ``N * n_splits * n_kb``
+    programs, sample by sample (:func:`common.sample_major`)."""
+    n, r = sample_major(n_kb * n_splits, REVERSE)
+    split = r // n_kb
+    return n, split, r - split * n_kb
+
+
+# the split count varies with the shape: not specialised (fewer variants to compile)
+@triton.jit(do_not_specialize=["n_splits"])
+def gate_pool_kernel(
+    X, PSUM, PMAX, PIDX, V, IDX, CNT,
+    K, R, r_per_split, n_splits,
+    s_n, s_k, s_r,
+    LAYOUT: tl.constexpr, MAX: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, NUM_STAGES: tl.constexpr,
+    REVERSE: tl.constexpr,
+):
+    """Forward pass 1: ``V[n, 0, k] = mean_r x``, with MAX ``V[n, 1, k] = max_r x`` (V ``[N, 2, K]``;
+    ``[N, 1, K]`` without MAX) and ``IDX[n, k]``
+    the first r reaching it (NaN wins, as torch.max(dim)). Grid ``(N * n_splits * NKB,)``;
+    program (n, split, kb) covers ``BLOCK_K`` kept indices and R in
+    ``[split * r_per_split, ...)``. With several splits the partial rows go to ``PSUM``, ``PMAX``,
+    ``PIDX`` ``[N, n_splits, K]`` and the last split of (n, kb) (a ticket on ``CNT[n * NKB + kb]``)
+    merges them in split order."""
+    acc_ty = V.dtype.element_ty
+    n_kb = tl.cdiv(K, BLOCK_K)
+    n, split, kb = _gate_program(n_kb, n_splits, REVERSE)
+    o_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+    m_k = o_k < K
+    r_start = split * r_per_split
+    r_end = tl.minimum(r_start + r_per_split, R)
+    acc_sum = tl.zeros([BLOCK_K, BLOCK_R], dtype=acc_ty)
+    acc_max = tl.full([BLOCK_K, BLOCK_R], float("-inf"), dtype=acc_ty)
+    acc_idx = tl.full([BLOCK_K, BLOCK_R], 1073741823, dtype=tl.int32)  # RUNNING_SENTINEL
+    for r0 in tl.range(r_start, r_end, BLOCK_R, num_stages=NUM_STAGES):
+        o_r = r0 + tl.arange(0, BLOCK_R)
+        m = m_k[:, None] & (o_r < r_end)[None, :]
+        # evict_last: the scale pass reads x again, from L2 where it is still there
+        v = tl.load(X + tile_offsets(n, o_k, o_r, s_n, s_k, s_r, LAYOUT), mask=m, other=0.0,
+                    eviction_policy="evict_last").to(acc_ty)
+        acc_sum += v
+        if MAX:
+            acc_max, acc_idx = merge_argmax(acc_max, acc_idx, tl.where(m, v, float("-inf")),
+                                            tl.zeros([BLOCK_K, BLOCK_R], dtype=tl.int32) + o_r[None, :])
+    b_sum = tl.sum(acc_sum, axis=1)
+    b_max = b_sum  # (unused without MAX)
+    b_idx = tl.zeros([BLOCK_K], dtype=tl.int32)
+    if MAX:
+        b_max, b_idx = first_argmax(acc_max, acc_idx, 1)
+    last = n_splits == 1  # a tensor unless the JIT specialised n_splits to 1
+    if n_splits > 1:
+        o_part = (n * n_splits + split) * K + o_k
+        tl.store(PSUM + o_part, b_sum, mask=m_k)
+        if MAX:
+            tl.store(PMAX + o_part, b_max, mask=m_k)
+            tl.store(PIDX + o_part, b_idx, mask=m_k)
+        last = ticket(CNT, n * n_kb + kb, n_splits)
+    if last:
+        if n_splits > 1:  # every split's partials, in split order
+            b_sum = sum_rows(PSUM, n * n_splits, n_splits, K, o_k, m_k, BLOCK_S)
+            if MAX:
+                b_max, b_idx = argmax_rows(PMAX, PIDX, n * n_splits, n_splits, K, K, o_k, m_k, BLOCK_S)
+        NV: tl.constexpr = 2 if MAX else 1  # rows of V per sample
+        tl.store(V + n * NV * K + o_k, b_sum / R, mask=m_k)
+        if MAX:
+            tl.store(V + n * NV * K + K + o_k, b_max, mask=m_k)
+            tl.store(IDX + n * K + o_k, b_idx, mask=m_k)
+
+
+@triton.jit
+def gate_scale_kernel(
+    X, Y, G, HA, W2, B2,
+    K, R, r_per_split, HID,
+    s_xn, s_xk, s_xr, s_yn, s_yk, s_yr,
+    LAYOUT: tl.constexpr, FUSED: tl.constexpr, GATE: tl.constexpr, POOL: tl.constexpr, TWO_LAYER: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
+    NUM_STAGES: tl.constexpr, REVERSE: tl.constexpr,
+):
+    """Forward pass 2: ``y = x * g[n, k]``, the product rounded once to y's dtype. Grid and programs
+    as :func:`gate_pool_kernel`'s (no merge: every program writes its own tile).
+
+    ``g``: without FUSED the gate itself, ``G`` ``[N, K]`` (acc dtype, from the caller's tiny
+    step). With FUSED (the channel gate, K = C, its MLP in the kernels) the gate of the program's
+    channels from the first pass's ``HA``: with TWO_LAYER the MLP's second layer ``a = W2 @ HA[n]
+    + b2`` (twice b2 for POOL 0; one ``[BLOCK_K, HID]`` slab of W2, stored to ``G``), else
+    ``a = HA[n]`` itself; then GATE 0 ``sigmoid(a)``, 1 ``hard_sigmoid(a)`` (``relu6(a + 3) / 6``)."""
+    acc_ty = G.dtype.element_ty
+    n_kb = tl.cdiv(K, BLOCK_K)
+    n_splits = tl.cdiv(R, r_per_split)
+    n, split, kb = _gate_program(n_kb, n_splits, REVERSE)
+    o_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+    m_k = o_k < K
+    if FUSED:
+        if TWO_LAYER:
+            a = _channel_gate(W2, B2, HA, G, n, o_k, m_k, K, HID, POOL, TWO_LAYER, HAS_BIAS, BLOCK_H)
+        else:
+            a = _channel_gate(W2, B2, HA, HA, n, o_k, m_k, K, HID, POOL, TWO_LAYER, HAS_BIAS, BLOCK_H)
+        if GATE == 0:
+            g = sigmoid(a)
+        else:  # hard_sigmoid, keeping NaN as F.hardsigmoid (tl.minimum / tl.maximum drop it on a GPU)
+            g = tl.where(a != a, a, tl.minimum(tl.maximum(a / 6.0 + 0.5, 0.0), 1.0))
+    else:
+        g = tl.load(G + n * K + o_k, mask=m_k, other=0.0)
+    r_start = split * r_per_split
+    r_end = tl.minimum(r_start + r_per_split, R)
+    for r0 in tl.range(r_start, r_end, BLOCK_R, num_stages=NUM_STAGES):
+        o_r = r0 + tl.arange(0, BLOCK_R)
+        m = m_k[:, None] & (o_r < r_end)[None, :]
+        v = tl.load(X + tile_offsets(n, o_k, o_r, s_xn, s_xk, s_xr, LAYOUT), mask=m, other=0.0,
+                    eviction_policy="evict_first").to(acc_ty)  # the forward's last read of x
+        tl.store(Y + tile_offsets(n, o_k, o_r, s_yn, s_yk, s_yr, LAYOUT), (v * g[:, None]).to(Y.dtype.element_ty),
+                 mask=m)
+
+
+# the split count varies with the shape: not specialised (fewer variants to compile)
+@triton.jit(do_not_specialize=["n_splits"])
+def gate_bwd_reduce_kernel(
+    X, DY, PART, DG, PSUM, PMAX, PIDX, V, IDX, CNT,
+    K, R, r_per_split, n_splits,
+    s_xn, s_xk, s_xr, s_gn, s_gk, s_gr,
+    X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, POOLS: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, NUM_STAGES: tl.constexpr,
+    REVERSE: tl.constexpr,
+):
+    """Backward pass 1: ``DG[n, k] = sum_r dy * x`` (the gate's gradient, ``[N, K]`` acc dtype) and,
+    for a forward that kept no pools (the fused channel gate), x's pools again from the same
+    loads: POOLS 1 the mean (``V[n, 0]``), POOLS 2 also the max and its first argmax (``V[n, 1]``,
+    ``IDX``), as :func:`gate_pool_kernel` computes them. Grid, splits and the ticket's merge as
+    :func:`gate_pool_kernel`'s (partials ``PART``, ``PSUM``, ``PMAX``, ``PIDX`` ``[N, n_splits, K]``)."""
+    acc_ty = DG.dtype.element_ty
+    n_kb = tl.cdiv(K, BLOCK_K)
+    n, split, kb = _gate_program(n_kb, n_splits, REVERSE)
+    o_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+    m_k = o_k < K
+    r_start = split * r_per_split
+    r_end = tl.minimum(r_start + r_per_split, R)
+    acc = tl.zeros([BLOCK_K, BLOCK_R], dtype=acc_ty)
+    acc_sum = tl.zeros([BLOCK_K, BLOCK_R], dtype=acc_ty)
+    acc_max = tl.full([BLOCK_K, BLOCK_R], float("-inf"), dtype=acc_ty)
+    acc_idx = tl.full([BLOCK_K, BLOCK_R], 1073741823, dtype=tl.int32)  # RUNNING_SENTINEL
+    for r0 in tl.range(r_start, r_end, BLOCK_R, num_stages=NUM_STAGES):
+        o_r = r0 + tl.arange(0, BLOCK_R)
+        m = m_k[:, None] & (o_r < r_end)[None, :]
+        v = tl.load(X + tile_offsets(n, o_k, o_r, s_xn, s_xk, s_xr, X_LAYOUT), mask=m, other=0.0,
+                    eviction_policy="evict_first").to(acc_ty)  # the backward's only read of x
+        d = tl.load(DY + tile_offsets(n, o_k, o_r, s_gn, s_gk, s_gr, DY_LAYOUT), mask=m, other=0.0,
+                    eviction_policy="evict_last").to(acc_ty)  # the dx pass reads dy again
+        acc += v * d
+        if POOLS >= 1:
+            acc_sum += v
+        if POOLS == 2:
+            acc_max, acc_idx = merge_argmax(acc_max, acc_idx, tl.where(m, v, float("-inf")),
+                                            tl.zeros([BLOCK_K, BLOCK_R], dtype=tl.int32) + o_r[None, :])
+    b = tl.sum(acc, axis=1)
+    b_sum = tl.sum(acc_sum, axis=1)
+    b_max = b_sum  # (unused below POOLS 2)
+    b_idx = tl.zeros([BLOCK_K], dtype=tl.int32)
+    if POOLS == 2:
+        b_max, b_idx = first_argmax(acc_max, acc_idx, 1)
+    last = n_splits == 1
+    if n_splits > 1:
+        o_part = (n * n_splits + split) * K + o_k
+        tl.store(PART + o_part, b, mask=m_k)
+        if POOLS >= 1:
+            tl.store(PSUM + o_part, b_sum, mask=m_k)
+        if POOLS == 2:
+            tl.store(PMAX + o_part, b_max, mask=m_k)
+            tl.store(PIDX + o_part, b_idx, mask=m_k)
+        last = ticket(CNT, n * n_kb + kb, n_splits)
+    if last:
+        if n_splits > 1:
+            b = sum_rows(PART, n * n_splits, n_splits, K, o_k, m_k, BLOCK_S)
+            if POOLS >= 1:
+                b_sum = sum_rows(PSUM, n * n_splits, n_splits, K, o_k, m_k, BLOCK_S)
+            if POOLS == 2:
+                b_max, b_idx = argmax_rows(PMAX, PIDX, n * n_splits, n_splits, K, K, o_k, m_k, BLOCK_S)
+        tl.store(DG + n * K + o_k, b, mask=m_k)
+        if POOLS >= 1:
+            NV: tl.constexpr = 2 if POOLS == 2 else 1  # rows of V per sample
+            tl.store(V + n * NV * K + o_k, b_sum / R, mask=m_k)
+            if POOLS == 2:
+                tl.store(V + n * NV * K + K + o_k, b_max, mask=m_k)
+                tl.store(IDX + n * K + o_k, b_idx, mask=m_k)
+
+
+@triton.jit
+def gate_bwd_dx_kernel(
+    DY, DX, G, DMEAN, DMAX, IDX,
+    K, R, r_per_split,
+    s_gn, s_gk, s_gr, s_dn, s_dk, s_dr,
+    X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, MAX: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, NUM_STAGES: tl.constexpr, REVERSE: tl.constexpr,
+):
+    """Backward pass 2: ``dx = dy * G[n, k] + DMEAN[n, k] / R`` and, with MAX, ``+ DMAX[n, k]`` where
+    ``r == IDX[n, k]`` (the gradients of the mean and the max, ``[N, K]`` acc dtype).
+    Written in x's layout (X_LAYOUT; dx's strides ``s_d*``); grid as :func:`gate_scale_kernel`'s."""
+    acc_ty = G.dtype.element_ty
+    n_kb = tl.cdiv(K, BLOCK_K)
+    n_splits = tl.cdiv(R, r_per_split)
+    n, split, kb = _gate_program(n_kb, n_splits, REVERSE)
+    o_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+    m_k = o_k < K
+    g = tl.load(G + n * K + o_k, mask=m_k, other=0.0)
+    d_mean = tl.load(DMEAN + n * K + o_k, mask=m_k, other=0.0) / R
+    d_max = tl.zeros([BLOCK_K], dtype=acc_ty)
+    idx = tl.zeros([BLOCK_K], dtype=tl.int32) - 1
+    if MAX:
+        d_max = tl.load(DMAX + n * K + o_k, mask=m_k, other=0.0)
+        idx = tl.load(IDX + n * K + o_k, mask=m_k, other=-1)
+    r_start = split * r_per_split
+    r_end = tl.minimum(r_start + r_per_split, R)
+    for r0 in tl.range(r_start, r_end, BLOCK_R, num_stages=NUM_STAGES):
+        o_r = r0 + tl.arange(0, BLOCK_R)
+        m = m_k[:, None] & (o_r < r_end)[None, :]
+        d = tl.load(DY + tile_offsets(n, o_k, o_r, s_gn, s_gk, s_gr, DY_LAYOUT), mask=m, other=0.0,
+                    eviction_policy="evict_first").to(acc_ty)  # the backward's last read of dy
+        out = d * g[:, None] + d_mean[:, None]
+        if MAX:
+            out += tl.where(o_r[None, :] == idx[:, None], d_max[:, None], 0.0)
+        tl.store(DX + tile_offsets(n, o_k, o_r, s_dn, s_dk, s_dr, X_LAYOUT), out.to(DX.dtype.element_ty), mask=m)

@@ -5,9 +5,10 @@ same inputs and implementations, check the same forward, time with the same prot
 (:mod:`benchmarks.measure`) and write the same rows (:mod:`benchmarks.results`).
 
 Setup of every configuration: ``x = randn(N, C, H, W)`` in the configuration's dtype and memory
-format; the CBAM parameters (``reduction_ratio=16``, ``kernel_size=7``, PyTorch's default init,
-seeded) in the same dtype, as after ``module.to(dtype)``; for forward+backward, ``dy = randn_like(y)``
-and ``torch.autograd.grad`` for x and every parameter.
+format; the block's parameters (CBAM: ``reduction_ratio=16``, ``kernel_size=7``; the SE gate:
+timm's ``SEModule`` widths, :data:`benchmarks.cases.BLOCKS`; PyTorch's default init, seeded) in
+the same dtype, as after ``module.to(dtype)``; for forward+backward, ``dy = randn_like(y)`` and
+``torch.autograd.grad`` for x and every parameter.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ from . import cases, measure, results
 
 FORMAT = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 PARAM_NAMES = ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias", "conv_weight", "conv_bias")
+GATE_PARAM_NAMES = ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+# block -> (cbam_fast's function, the eager reference, its parameters' names)
+BLOCK_FNS = {
+    "cbam": (cbam_fast.cbam, reference.cbam, PARAM_NAMES),
+    "se": (cbam_fast.channel_attention, reference.channel_attention, GATE_PARAM_NAMES),
+    "se-rd4": (cbam_fast.channel_attention, reference.channel_attention, GATE_PARAM_NAMES),
+}
+SE_WIDTHS = {"se": dict(rd_ratio=1 / 16), "se-rd4": dict(rd_ratio=1 / 4, rd_divisor=1)}
 # the forward check's atol, relative to the output's scale, added to 2x the same-dtype eager error
 CHECK_ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
@@ -56,29 +65,35 @@ class Inputs:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def make_inputs(shape, dtype: str, memory_format: str, mode: str, device, seed: int = 0) -> Inputs:
+def make_inputs(shape, dtype: str, memory_format: str, mode: str, device, seed: int = 0,
+                block: str = "cbam") -> Inputs:
     """Fresh seeded inputs for one configuration (see the module docstring)."""
     torch.manual_seed(seed)
     N, C, H, W = shape
     tdtype = getattr(torch, dtype)
-    module = cbam_fast.CBAM(C, reduction_ratio=16, kernel_size=7).to(device=device, dtype=tdtype)
     grad = mode == "fwd_bwd"
-    params = tuple(
-        None if p is None else p.detach().requires_grad_(grad)
-        for p in (module.fc1.weight, module.fc1.bias, module.fc2.weight, module.fc2.bias, module.conv.weight,
+    if block == "cbam":
+        module = cbam_fast.CBAM(C, reduction_ratio=16, kernel_size=7).to(device=device, dtype=tdtype)
+        layers = (module.fc1.weight, module.fc1.bias, module.fc2.weight, module.fc2.bias, module.conv.weight,
                   module.conv.bias)
-    )
+    else:  # timm's SEModule: 1x1 convs, as [out, in] matrices
+        module = cbam_fast.ChannelAttention.timm_se(C, **SE_WIDTHS[block]).to(device=device, dtype=tdtype)
+        layers = (module.fc1.weight.flatten(1), module.fc1.bias, module.fc2.weight.flatten(1), module.fc2.bias)
+    params = tuple(None if p is None else p.detach().clone().requires_grad_(grad) for p in layers)
     x = torch.randn(N, C, H, W, device=device, dtype=tdtype).contiguous(memory_format=FORMAT[memory_format])
     x.requires_grad_(grad)
     dy = torch.randn_like(x) if grad else None  # randn_like keeps x's memory format, as y has it
     return Inputs(x, params, dy)
 
 
-def make_impl(name: str, compile_backend: str = "inductor") -> Callable:
-    """The function an implementation runs, with cbam_fast.cbam's signature.
+def make_impl(name: str, compile_backend: str = "inductor", block: str = "cbam") -> Callable:
+    """The function an implementation runs, with cbam_fast.cbam's signature (the SE blocks:
+    cbam_fast.channel_attention's).
 
     * ``cbam_fast``: :func:`cbam_fast.cbam` (the session sets ``CBAM_FAST_BACKEND=triton``);
-    * ``eager``: :func:`cbam_fast.reference.cbam`, the official semantics as PyTorch ops;
+      for the SE blocks :func:`cbam_fast.channel_attention`;
+    * ``eager``: :func:`cbam_fast.reference.cbam`, the official semantics as PyTorch ops (the SE
+      blocks: :func:`cbam_fast.reference.channel_attention`, timm's SEModule as PyTorch ops);
     * ``compile`` / ``compile_max_autotune``: ``torch.compile`` of that reference (modes
       ``default`` / ``max-autotune-no-cudagraphs``), ``fullgraph=True`` (a graph break fails the
       configuration) and ``dynamic=False`` (specialised to the shape, as a fixed-shape network is).
@@ -86,16 +101,19 @@ def make_impl(name: str, compile_backend: str = "inductor") -> Callable:
       than a recompile that turns shapes dynamic or falls back to eager at the recompile limit.
       ``compile_backend="eager"`` (the CPU mode) traces the graph without generating code.
     """
+    if block not in BLOCK_FNS:
+        raise ValueError(f"unknown block {block!r}")
+    fast, eager, _ = BLOCK_FNS[block]
     if name == "cbam_fast":
-        return cbam_fast.cbam
+        return fast
     if name == "eager":
-        return reference.cbam
+        return eager
     if name not in cases.COMPILE_MODES:
         raise ValueError(f"unknown implementation {name!r}")
     torch._dynamo.reset()
     if compile_backend == "inductor":
-        return torch.compile(reference.cbam, mode=cases.COMPILE_MODES[name], fullgraph=True, dynamic=False)
-    return torch.compile(reference.cbam, backend=compile_backend, fullgraph=True, dynamic=False)
+        return torch.compile(eager, mode=cases.COMPILE_MODES[name], fullgraph=True, dynamic=False)
+    return torch.compile(eager, backend=compile_backend, fullgraph=True, dynamic=False)
 
 
 def make_call(fn: Callable, inp: Inputs, mode: str) -> Callable[[], tuple]:
@@ -123,17 +141,18 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.detach().double() - b.detach().double()).abs().max().item()
 
 
-def check_against_reference(label: str, inp: Inputs, y: torch.Tensor, grads=None) -> None:
+def check_against_reference(label: str, inp: Inputs, y: torch.Tensor, grads=None, block: str = "cbam") -> None:
     """Assert an implementation's output (and, if given, its gradients for x and every parameter)
     is as close to the fp64 reference as PyTorch's own same-dtype computation is: error at most
     2x the eager reference's error in x's dtype plus a small atol at the output's scale."""
     want_grads = grads is not None
+    _, ref_fn, names = BLOCK_FNS[block]
 
     def reference_run(cast):
         xs = cast(inp.x.detach()).requires_grad_(want_grads)
         ps = [None if p is None else cast(p.detach()).requires_grad_(want_grads) for p in inp.params]
         with torch.set_grad_enabled(want_grads):
-            out = reference.cbam(xs, *ps)
+            out = ref_fn(xs, *ps)
         if not want_grads:
             return out, None
         leaves = [xs, *(p for p in ps if p is not None)]
@@ -144,8 +163,8 @@ def check_against_reference(label: str, inp: Inputs, y: torch.Tensor, grads=None
     atol = CHECK_ATOL[inp.x.dtype]
     pairs = [("output", y, y_same, y64)]
     if want_grads:
-        names = ["dx"] + [f"d {name}" for name, p in zip(PARAM_NAMES, inp.params, strict=True) if p is not None]
-        pairs += list(zip(names, grads, g_same, g64, strict=True))
+        labels = ["dx"] + [f"d {name}" for name, p in zip(names, inp.params, strict=True) if p is not None]
+        pairs += list(zip(labels, grads, g_same, g64, strict=True))
     for what, got, same, hi in pairs:
         assert got.shape == hi.shape and got.dtype == same.dtype, f"{label}: {what} is {got.dtype} {tuple(got.shape)}"
         assert not torch.isnan(got).any(), f"{label}: NaN in {what}"
@@ -163,10 +182,11 @@ def check_small(cfg: cases.Config) -> None:
     checked against the fp64 reference (forward, and the gradients for ``fwd_bwd``). cbam_fast
     runs its Triton kernels through the interpreter (the caller sets ``CBAM_FAST_BACKEND=triton``
     and ``TRITON_INTERPRET=1``); torch.compile entries are traced with ``backend="eager"``."""
-    inp = make_inputs(cases.small_shape(cfg.case.shape), cfg.dtype, cfg.memory_format, cfg.mode, "cpu")
-    y, grads = make_call(make_impl(cfg.impl, compile_backend="eager"), inp, cfg.mode)()
+    block = cfg.case.block
+    inp = make_inputs(cases.small_shape(cfg.case.shape), cfg.dtype, cfg.memory_format, cfg.mode, "cpu", block=block)
+    y, grads = make_call(make_impl(cfg.impl, compile_backend="eager", block=block), inp, cfg.mode)()
     assert y.is_contiguous(memory_format=FORMAT[cfg.memory_format]), f"{cfg.id}: output lost the input's memory format"
-    check_against_reference(cfg.id, inp, y, grads)
+    check_against_reference(cfg.id, inp, y, grads, block)
 
 
 # ----------------------------------------------------------------------------- time budget
@@ -285,10 +305,11 @@ class BenchSession:
         peak memory."""
         self._start()
         t0 = time.perf_counter()
-        inp = make_inputs(cfg.case.shape, cfg.dtype, cfg.memory_format, cfg.mode, self.device)
-        call = make_call(make_impl(cfg.impl), inp, cfg.mode)
+        block = cfg.case.block
+        inp = make_inputs(cfg.case.shape, cfg.dtype, cfg.memory_format, cfg.mode, self.device, block=block)
+        call = make_call(make_impl(cfg.impl, block=block), inp, cfg.mode)
         y, _ = call()
-        check_against_reference(cfg.id, inp, y)
+        check_against_reference(cfg.id, inp, y, block=block)
         del y
         for _ in range(self.warmup):
             call()

@@ -19,26 +19,45 @@ from collections.abc import Iterable
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One input shape. ``group`` names the family the targets and the report aggregate over."""
+    """One input shape. ``group`` names the family the targets and the report aggregate over;
+    ``block`` the attention block timed (:data:`BLOCKS`)."""
 
     name: str
     group: str
     shape: tuple[int, int, int, int]  # N, C, H, W
     modes: tuple[str, ...]
+    block: str = "cbam"
+
+
+# What a case times: the full CBAM (cbam_fast.cbam against reference.cbam), or the channel gate
+# alone, a squeeze-and-excitation gate (cbam_fast.channel_attention against
+# reference.channel_attention): timm's SEModule (rd_ratio 1/16, rd_divisor 8: SE-ResNet-50) or
+# with rd = C / 4 (RegNetY's se_ratio 0.25, on the block width).
+BLOCKS = {"cbam": "CBAM", "se": "SE gate, rd = C/16 (timm SEModule)", "se-rd4": "SE gate, rd = C/4 (RegNetY)"}
 
 
 GROUPS = {
     "r50-b32": "ResNet-50 CBAM stages, batch 32",
     "r50-b1": "ResNet-50 CBAM stages, batch-1 inference",
     "yolo-b16": "YOLO-neck-like maps, batch 16",
+    "se-r50-b32": "SE-ResNet-50 SE gates, batch 32",
+    "se-r50-b1": "SE-ResNet-50 SE gates, batch-1 inference",
+    "se-regnety-b32": "RegNetY-1.6GF SE gates, batch 32",
 }
 _R50_CHW = ((256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7))
 _YOLO_CHW = ((128, 80, 80), (256, 40, 40), (512, 20, 20))
+_REGNETY_CHW = ((48, 56, 56), (120, 28, 28), (336, 14, 14), (888, 7, 7))  # RegNetY-1.6GF stage widths
 
 CASES: tuple[Case, ...] = (
     *(Case(f"r50-s{i}-b32", "r50-b32", (32, *chw), ("fwd", "fwd_bwd")) for i, chw in enumerate(_R50_CHW, 1)),
     *(Case(f"r50-s{i}-b1", "r50-b1", (1, *chw), ("fwd",)) for i, chw in enumerate(_R50_CHW, 1)),
     *(Case(f"yolo-p{i}-b16", "yolo-b16", (16, *chw), ("fwd", "fwd_bwd")) for i, chw in enumerate(_YOLO_CHW, 3)),
+    # (names that contain no CBAM case's name: -k filters match substrings)
+    *(Case(f"seresnet50-s{i}-b32", "se-r50-b32", (32, *chw), ("fwd", "fwd_bwd"), "se")
+      for i, chw in enumerate(_R50_CHW, 1)),
+    *(Case(f"seresnet50-s{i}-b1", "se-r50-b1", (1, *chw), ("fwd",), "se") for i, chw in enumerate(_R50_CHW, 1)),
+    *(Case(f"regnety16-s{i}-b32", "se-regnety-b32", (32, *chw), ("fwd", "fwd_bwd"), "se-rd4")
+      for i, chw in enumerate(_REGNETY_CHW, 1)),
 )
 CASE_BY_NAME = {c.name: c for c in CASES}
 
@@ -61,7 +80,8 @@ TRAFFIC_FACTOR = {"fwd": 2, "fwd_bwd": 5}
 
 
 def compulsory_bytes(shape: Iterable[int], dtype: str, mode: str) -> int:
-    """Bytes a CBAM call must move at least: 2 S forward, 5 S forward+backward (S = |x| in bytes)."""
+    """Bytes a CBAM (or gate) call must move at least: 2 S forward, 5 S forward+backward (S = |x|
+    in bytes)."""
     return TRAFFIC_FACTOR[mode] * math.prod(shape) * ELEMENT_SIZE[dtype]
 
 
@@ -99,15 +119,16 @@ def row_key(row: dict) -> tuple[str, str, str, str, str]:
 
 
 TARGET_DTYPE = "bfloat16"
-TARGET_GROUPS = ("r50-b32", "r50-b1")
+TARGET_GROUPS = ("r50-b32", "r50-b1", "se-r50-b32", "se-r50-b1")
+B32_TARGET_GROUPS = ("r50-b32", "se-r50-b32")  # where torch.compile is a target too
 
 
 def tier(cfg: Config) -> int:
     """Priority of a configuration (0 first), by what it tells per second of GPU time:
 
-    0. the targets' rows: bf16 ResNet-50 stages at batch 32 for cbam_fast, eager and
-       torch.compile's default mode; at batch 1 for cbam_fast and eager (the batch-1 target is
-       against eager);
+    0. the targets' rows: bf16 ResNet-50 stages (CBAM and the SE gate) at batch 32 for cbam_fast,
+       eager and torch.compile's default mode; at batch 1 for cbam_fast and eager (the batch-1
+       target is against eager);
     1. max-autotune on the batch-32 targets' forward rows (each compile: tens of seconds);
     2. every other cbam_fast and eager row (no compilation: about a second each);
     3. max-autotune on the batch-32 targets' forward+backward rows (a minute or more each);
@@ -115,7 +136,7 @@ def tier(cfg: Config) -> int:
     5. every other max-autotune row.
     """
     target = cfg.dtype == TARGET_DTYPE and cfg.case.group in TARGET_GROUPS
-    b32_target = target and cfg.case.group == "r50-b32"
+    b32_target = target and cfg.case.group in B32_TARGET_GROUPS
     if cfg.impl in ("cbam_fast", "eager"):
         return 0 if target else 2
     if cfg.impl == "compile":
@@ -135,8 +156,8 @@ def _order(cfg: Config):
         tier(cfg),
         compiled,
         list(DTYPES).index(cfg.dtype),
-        list(GROUPS).index(cfg.case.group),
         list(MODES).index(cfg.mode) if compiled else 0,
+        list(GROUPS).index(cfg.case.group),
         CASES.index(cfg.case),
         list(MODES).index(cfg.mode),
         list(FORMATS).index(cfg.memory_format),
@@ -282,5 +303,10 @@ TARGETS = (
     Target("forward+backward: speedup vs torch.compile", "r50-b32", "fwd_bwd", "vs_compile", 1.5),
     Target("batch-1 forward: speedup vs eager", "r50-b1", "fwd", "vs_eager", 2.0),
     Target("batch-1 forward: launches per call (max)", "r50-b1", "fwd", "launches", 3,
+           higher_is_better=False, aggregate="max"),
+    # the SE gate alone (issue 15): eager needs about 3 S forward and 7-8 S backward
+    Target("SE forward: speedup vs eager", "se-r50-b32", "fwd", "vs_eager", 1.3),
+    Target("SE forward+backward: speedup vs eager", "se-r50-b32", "fwd_bwd", "vs_eager", 2.0),
+    Target("SE forward: launches per call (max)", "se-r50-b32", "fwd", "launches", 2,
            higher_is_better=False, aggregate="max"),
 )

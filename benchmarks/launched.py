@@ -38,6 +38,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 # default: cbam_fast.cbam with the parameters of benchmarks/bench.py (CBAM(C, 16, 7) in x's dtype);
 # the others: the CBAM module preset of that name (kernel size ``k``), parameters in x's dtype
 PRESETS = ("default", "timm", "timm_light", "official", "ultralytics", "mmyolo", "luuuyi", "tutorial")
+# the pooled-gate family (benchmarks/cases.py BLOCKS): cbam_fast.channel_attention with timm
+# SEModule's parameters (``se``: rd = C/16, ``se-rd4``: C/4) in x's dtype; ``se-bn``: timm's
+# SEModule with a BatchNorm on the hidden vector (the callable path); ``spatial``: the spatial gate
+# alone (cbam_fast.SpatialAttention(k), the seed documents' module)
+GATE_PRESETS = ("se", "se-rd4", "se-bn", "spatial")
 FORMAT = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
 DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
 SM_COUNT = 132  # H100 SXM / H200: what the plans are made for
@@ -121,10 +126,13 @@ class AtenCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func.namespace == "cbam_fast":  # the op's Python body, under this mode
-            from cbam_fast import ops
+            from cbam_fast import gates, ops
 
-            body = {"forward": ops.forward_op, "backward": ops.backward_op,
-                    "bn_update": ops.bn_update_op}[_op_name(func)]._init_fn
+            body = {"forward": ops.forward_op, "backward": ops.backward_op, "bn_update": ops.bn_update_op,
+                    "gate_pool": gates.gate_pool_op, "gate_scale": gates.gate_scale_op,
+                    "gate_bwd_reduce": gates.gate_bwd_reduce_op, "gate_bwd_dx": gates.gate_bwd_dx_op,
+                    "gate_mlp_forward": gates.gate_mlp_forward_op,
+                    }[_op_name(func)]._init_fn
             with self:
                 return body(*args, **kwargs)
         out = func(*args, **kwargs)
@@ -183,13 +191,56 @@ def _default_fn(impl, C: int, dt, grad: bool):
     return (lambda x_: impl(x_, *params)), [p for p in params if p is not None]
 
 
+def _gate_fn(preset, C: int, dt, grad: bool, eager: bool, train: bool = False, k: int = 7):
+    """(fn, parameter leaves) of a gate preset (:data:`GATE_PRESETS`): cbam_fast's function or
+    module (``eager``: the reference / the original module)."""
+    import cbam_fast
+    from cbam_fast import reference
+
+    if preset in ("se", "se-rd4"):
+        widths = dict(rd_ratio=1 / 16) if preset == "se" else dict(rd_ratio=1 / 4, rd_divisor=1)
+        m = cbam_fast.ChannelAttention.timm_se(C, **widths).to(dt)
+        params = [m.fc1.weight.detach().flatten(1), m.fc1.bias, m.fc2.weight.detach().flatten(1), m.fc2.bias]
+        params = [p.detach().clone().requires_grad_(grad) for p in params]
+        impl = reference.channel_attention if eager else cbam_fast.channel_attention
+        return (lambda x_: impl(x_, *params)), params
+    if preset == "se-bn":
+        if eager:
+            import sys
+            from pathlib import Path
+
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from originals.timm_se import SEModule
+
+            m = SEModule(C, norm_layer=torch.nn.BatchNorm2d)
+        else:
+            m = cbam_fast.ChannelAttention.timm_se(C, norm_layer=torch.nn.BatchNorm2d)
+    elif preset == "spatial":
+        if eager:
+            import sys
+            from pathlib import Path
+
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from originals.seed_tutorial import SpatialAttention
+
+            m = SpatialAttention()
+        else:
+            m = cbam_fast.SpatialAttention(k)
+    else:
+        raise ValueError(f"unknown gate preset {preset!r}")
+    m = m.to(dt).train(train).requires_grad_(grad)
+    return m, list(m.parameters())
+
+
 def _inputs(call: Call, seed: int = 0):
     """(fn, leaves, dy_fn): the cbam_fast function of the call with its inputs, on CPU."""
     import cbam_fast
 
     x, grad, dt = _x(call, seed)
     C = call.shape[1]
-    if call.preset == "default":  # as benchmarks/bench.py: the module's parameters in x's dtype
+    if call.preset in GATE_PRESETS:
+        fn, leaves = _gate_fn(call.preset, C, dt, grad, eager=False, train=call.train, k=call.k)
+    elif call.preset == "default":  # as benchmarks/bench.py: the module's parameters in x's dtype
         fn, leaves = _default_fn(cbam_fast.cbam, C, dt, grad)
     elif call.preset in PRESETS:  # a module preset as converted, parameters in x's dtype
         m = _module(call, C).to(dt).train(call.train).requires_grad_(grad)
@@ -250,7 +301,9 @@ def eager_ops(call: Call) -> tuple[list, list]:
 
     x, grad, dt = _x(call, 0)
     C = call.shape[1]
-    if call.preset == "default":
+    if call.preset in GATE_PRESETS:
+        fn, leaves = _gate_fn(call.preset, C, dt, grad, eager=True, train=call.train, k=call.k)
+    elif call.preset == "default":
         fn, leaves = _default_fn(reference.cbam, C, dt, grad)
     else:
         import sys
@@ -453,6 +506,9 @@ def compile_in_subprocess_ok() -> Optional[str]:
 R50_STAGES = ((256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7))
 
 
+REGNETY_STAGES = ((48, 56, 56), (120, 28, 28), (336, 14, 14), (888, 7, 7))
+
+
 def benchmark_calls(dtypes=("bf16", "fp16", "fp32"), formats=("nchw", "cl")) -> list[Call]:
     """The benchmark cases the compile check and the report cover: the ResNet-50 CBAM stages at
     batch 32 (forward+backward, which plans the forward too) and batch 1 (inference), both
@@ -504,4 +560,22 @@ def ci_calls() -> list[Call]:
             Call(small, "bf16", "nchw", "ultralytics", False, "fwd_bwd", k=3), Call(small, "fp32", "cl", "luuuyi", False, "fwd_bwd"),
             Call(small, "bf16", "cl", "tutorial", False, "fwd_bwd", k=5), Call(small, "fp32", "nchw", "mmyolo", False, "fwd_bwd", k=3)]
     out += [Call(small, "bf16", fmt, "default", False, "fwd_bwd", dy=dy) for fmt in ("nchw", "cl") for dy in ("expanded", "sliced")]
+    out += gate_calls(dtypes=("bf16",))
+    out += [Call(small, dt, fmt, "spatial", False, "fwd_bwd", k=3) for dt in ("fp32", "fp64") for fmt in ("nchw", "cl")]
+    out += [Call(small, "fp64", fmt, "se", False, "fwd_bwd") for fmt in ("nchw", "cl")]
+    out += [Call(small, "bf16", fmt, "se", False, "fwd_bwd", dy="sliced") for fmt in ("nchw", "cl")]
+    return out
+
+
+def gate_calls(dtypes=("bf16", "fp16", "fp32"), formats=("nchw", "cl")) -> list[Call]:
+    """The gate family's benchmark calls: the SE gate at the SE-ResNet-50 stages (batch 32
+    forward+backward and batch 1 forward) and the RegNetY-1.6GF stages (batch 32), the spatial
+    gate at the ResNet-50 stages (batch 32), each dtype and format."""
+    out = []
+    for dt in dtypes:
+        for fmt in formats:
+            for chw in R50_STAGES:
+                out += [Call((32, *chw), dt, fmt, "se", False, "fwd_bwd"), Call((1, *chw), dt, fmt, "se", False, "fwd"),
+                        Call((32, *chw), dt, fmt, "spatial", False, "fwd_bwd")]
+            out += [Call((32, *chw), dt, fmt, "se-rd4", False, "fwd_bwd") for chw in REGNETY_STAGES]
     return out

@@ -1,7 +1,8 @@
 """The static performance report: what each benchmark call launches, read off its plan and its
 compiled code, and what that predicts on an H200. Runs on a CPU; needs no GPU.
 
-    python -m benchmarks.plan                      # bf16 target rows (R50 batch 32 fwd and fwd+bwd, batch 1 fwd)
+    python -m benchmarks.plan                      # bf16 target rows (R50 batch 32 fwd and fwd+bwd, batch 1 fwd; CBAM and the SE gate)
+    python -m benchmarks.plan --cases gates        # the gate family's rows (SE, the spatial gate)
     python -m benchmarks.plan --cases all --detail # every dtype and preset, one line per launch
     python -m benchmarks.plan --markdown FILE      # also write the tables as markdown
 
@@ -210,6 +211,8 @@ def report(call, cache) -> CallReport:
 
 
 def target_calls(preset="default"):
+    """The target rows of a preset: the ResNet-50 stages, bf16, both formats, batch 32 forward and
+    forward+backward, batch 1 forward (the SE gate's preset ``se``: the SE-ResNet-50 stages)."""
     from benchmarks.launched import R50_STAGES, Call
 
     out = []
@@ -267,12 +270,21 @@ def format_tables(reports, detail=False) -> str:
     return "\n".join(out)
 
 
+# (speedup vs eager, % of floor) per group: CBAM's (shared/PERF.md), and the SE gate's (issue 15:
+# forward >= 1.3x, forward+backward >= 2x eager, forward in at most 2 launches)
+GOALS = {"forward, batch 32": (3.0, 70), "forward+backward, batch 32": (2.5, 60), "forward, batch 1": (2.0, None)}
+GATE_GOALS = {"forward, batch 32": (1.3, None), "forward+backward, batch 32": (2.0, None), "forward, batch 1": (1.3, None)}
+GATE_MAX_FWD_LAUNCHES = 2
+
+
 def summary(reports) -> str:
     """The targets (shared/PERF.md) on the model: geometric means over the 4 stages x 2 formats,
     per preset."""
+    from benchmarks.launched import GATE_PRESETS
+
     lines = ["", "Targets on the model (PREDICTED), bf16:"]
-    goals = {"forward, batch 32": (3.0, 70), "forward+backward, batch 32": (2.5, 60), "forward, batch 1": (2.0, None)}
     for preset in dict.fromkeys(r.call.preset for r in reports):
+        goals = GATE_GOALS if preset in GATE_PRESETS else GOALS
         groups = {
             "forward, batch 32": [r for r in reports if r.call.shape[0] == 32 and r.call.mode == "fwd"],
             "forward+backward, batch 32": [r for r in reports if r.call.shape[0] == 32 and r.call.mode == "fwd_bwd"],
@@ -291,6 +303,7 @@ def summary(reports) -> str:
             line = (f"- {preset}, {name}: {ve:.2f}x eager (goal >= {g_e}x), {pf:.0f}% of floor"
                     + (f" (goal >= {g_f}%)" if g_f else "") + f"; worst {worst.call.id} at "
                     f"{worst.eager_us / worst.total_us:.2f}x; launches at most {maxl} forward"
+                    + (f" (goal <= {GATE_MAX_FWD_LAUNCHES})" if preset in GATE_PRESETS else "")
                     + (f", {maxb} backward" if maxb is not None else ""))
             lines.append(line)
     return "\n".join(lines)
@@ -298,15 +311,20 @@ def summary(reports) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", choices=("targets", "timm", "all"), default="targets")
+    parser.add_argument("--cases", choices=("targets", "timm", "gates", "all"), default="targets",
+                        help="targets: CBAM's bf16 target rows and the SE gate's (default); timm: also the timm "
+                             "preset's; gates: the gate family's rows only (SE at the SE-ResNet-50 stages, the spatial "
+                             "gate); all: every one")
     parser.add_argument("--detail", action="store_true", help="one line per launch")
     parser.add_argument("--markdown", help="also write the tables to this file")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("benchmarks.plan: unset TRITON_INTERPRET (the report compiles the kernels)")
-    calls = target_calls()
+    calls = target_calls() + target_calls("se") if args.cases != "gates" else target_calls("se")
     if args.cases in ("timm", "all"):
         calls += target_calls("timm")
+    if args.cases in ("gates", "all"):
+        calls += [c for c in target_calls("spatial") if c.shape[0] == 32]
     cache = {}
     reports = [report(c, cache) for c in calls]
     text = format_tables(reports, args.detail) + "\n" + summary(reports)

@@ -51,10 +51,12 @@ EXIT_NOT_REACHED = 3  # nothing failed, but the time budget ended before every c
 
 def config_call(cfg: cases.Config):
     """The :class:`benchmarks.launched.Call` of a benchmark configuration (the default preset:
-    ``cbam_fast.cbam`` with CBAM(C, 16, 7)'s parameters in x's dtype, as benchmarks/bench.py)."""
+    ``cbam_fast.cbam`` with CBAM(C, 16, 7)'s parameters in x's dtype, as benchmarks/bench.py; an SE
+    block's case: the gate preset of that name)."""
     from .launched import Call
 
-    return Call(tuple(cfg.case.shape), cases.DTYPES[cfg.dtype], cases.FORMATS[cfg.memory_format], "default", False,
+    preset = "default" if cfg.case.block == "cbam" else cfg.case.block
+    return Call(tuple(cfg.case.shape), cases.DTYPES[cfg.dtype], cases.FORMATS[cfg.memory_format], preset, False,
                 cfg.mode)
 
 

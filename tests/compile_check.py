@@ -13,12 +13,14 @@ with ``cuobjdump`` (registers, STACK/LOCAL spills). Run WITHOUT TRITON_INTERPRET
 
 Usage: python tests/compile_check.py [--jobs N] [--arch 80 --arch 90] [--set ci|targets|bf16|full]
 
-Sets: ``full`` every benchmark call (bf16, fp16, fp32; default and timm train/eval) and every
-coverage call; ``ci`` (the default, what CI runs with the venv's Triton) the bf16 benchmark calls,
-fp16/fp32 at the last stage and one call of each other path (:func:`benchmarks.launched.ci_calls`);
-``bf16`` the bf16 benchmark calls; ``targets`` those of the default preset, the performance
-targets' rows, and the timm preset in training mode at two stages (the end-to-end row's
-module; what CI runs with the GPU machine's Triton 3.6). Each distinct
+Sets: ``full`` every benchmark call (bf16, fp16, fp32; default and timm train/eval), every
+coverage call and the gate family's calls (:func:`benchmarks.launched.gate_calls`: the SE gate,
+the spatial gate); ``ci`` (the default, what CI runs with the venv's Triton) the bf16 benchmark
+calls, fp16/fp32 at the last stage, one call of each other path and the bf16 gate calls
+(:func:`benchmarks.launched.ci_calls`); ``bf16`` the bf16 benchmark calls; ``targets`` those of
+the default preset, the performance targets' rows, the timm preset in training mode at two
+stages (the end-to-end row's module), the SE gate's bf16 rows and the spatial gate at two stages
+(what CI runs with the GPU machine's Triton 3.6). Each distinct
 specialisation costs about a CPU-second per build, so the sets keep CI within its time budget;
 benchmarks/NOTES.md records the last ``full`` run.
 Prints one line per compiled specialisation and exits 1 if any fails to compile or spills.
@@ -86,8 +88,10 @@ def main(argv=None):
     archs = tuple(args.arch or [80, 90])
     calls = {"bf16": lambda: launched.benchmark_calls(dtypes=("bf16",)), "ci": launched.ci_calls,
              "targets": lambda: [c for c in launched.benchmark_calls(dtypes=("bf16",)) if c.preset == "default"]
+             + [c for c in launched.gate_calls(dtypes=("bf16",)) if c.preset == "se"
+                or (c.preset == "spatial" and c.shape[2] in (56, 7))]
              + [launched.Call((32, *chw), "bf16", "cl", "timm", True, "fwd_bwd") for chw in E2E_STAGES],
-             "full": lambda: launched.benchmark_calls() + launched.coverage_calls()}[args.which]()
+             "full": lambda: launched.benchmark_calls() + launched.coverage_calls() + launched.gate_calls()}[args.which]()
     specs, kernels = {}, set()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for _call_id, found in pool.map(_specs_of, [(c, archs) for c in calls], chunksize=4):

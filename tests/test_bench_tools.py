@@ -58,7 +58,7 @@ def synthetic_stamp(**overrides) -> dict:
     return s
 
 
-def synthetic_rows(groups=("r50-b32", "r50-b1")) -> list[dict]:
+def synthetic_rows(groups=("r50-b32", "r50-b1", "se-r50-b32", "se-r50-b1")) -> list[dict]:
     """bf16 rows with known ratios: cbam_fast at PCT % of floor; eager 4x, compile 2x,
     max-autotune 1.25x its time (0.8x at LOSS_KEY); batch 1 has no max-autotune row."""
     rows = []
@@ -69,12 +69,12 @@ def synthetic_rows(groups=("r50-b32", "r50-b1")) -> list[dict]:
             for fmt in cases.FORMATS:
                 cf_ms = _floor_ms(case, mode) / (PCT[mode] / 100)
                 for impl in cases.IMPLS:
-                    if impl == "compile_max_autotune" and case.group == "r50-b1":
+                    if impl == "compile_max_autotune" and case.group in ("r50-b1", "se-r50-b1"):
                         continue
                     rel = 1.0 if impl == "cbam_fast" else RELATIVE[impl]
                     if impl == "compile_max_autotune" and (case.name, "bfloat16", fmt, mode) == LOSS_KEY:
                         rel = LOSS_RELATIVE
-                    launches = B1_LAUNCHES[case.name] if case.group == "r50-b1" and impl == "cbam_fast" else 11
+                    launches = B1_LAUNCHES.get(case.name, 11) if case.group == "r50-b1" and impl == "cbam_fast" else 11
                     cfg = cases.Config(case, "bfloat16", fmt, mode, impl)
                     peak = 100.0 if mode == "fwd_bwd" else None
                     rows.append(results.make_row(cfg, cf_ms * rel, COPY_GBPS, peak, launches))
@@ -104,14 +104,19 @@ def _repo_results_untouched():
 
 def test_configurations_cover_the_issue_matrix():
     configs = cases.all_configs()
-    # 4 ResNet-50 and 3 YOLO shapes x 2 modes + 4 batch-1 shapes x forward, x 3 dtypes x 2 formats x 4 impls
-    assert len(configs) == (4 * 2 + 3 * 2 + 4) * 3 * 2 * 4
+    # CBAM: 4 ResNet-50 and 3 YOLO shapes x 2 modes + 4 batch-1 shapes x forward; the SE gate: 4
+    # SE-ResNet-50 and 4 RegNetY shapes x 2 modes + 4 batch-1 shapes; x 3 dtypes x 2 formats x 4 impls
+    assert len(configs) == (4 * 2 + 3 * 2 + 4 + 4 * 2 + 4 * 2 + 4) * 3 * 2 * 4
     assert len({c.key for c in configs}) == len(configs)
     shapes = {c.case.name: c.case.shape for c in configs}
     assert shapes["r50-s1-b32"] == (32, 256, 56, 56) and shapes["r50-s4-b32"] == (32, 2048, 7, 7)
     assert shapes["yolo-p3-b16"] == (16, 128, 80, 80) and shapes["yolo-p5-b16"] == (16, 512, 20, 20)
     assert shapes["r50-s2-b1"] == (1, 512, 28, 28)
     assert not any(c.case.group == "r50-b1" and c.mode == "fwd_bwd" for c in configs)
+    assert shapes["seresnet50-s4-b32"] == (32, 2048, 7, 7) and shapes["regnety16-s1-b32"] == (32, 48, 56, 56)
+    names = [c.name for c in cases.CASES]
+    assert not any(a != b and a in b for a in names for b in names)  # -k filters match substrings
+    assert {c.case.block for c in configs if c.case.group.startswith("se-")} == {"se", "se-rd4"}
 
 
 def test_priority_order_puts_the_targets_first():
@@ -121,27 +126,29 @@ def test_priority_order_puts_the_targets_first():
     first = [c for c in configs if cases.tier(c) == 0]
     assert {c.dtype for c in first} == {"bfloat16"}
     assert {(c.case.group, c.impl) for c in first} == {
-        ("r50-b32", "cbam_fast"), ("r50-b32", "eager"), ("r50-b32", "compile"), ("r50-b1", "cbam_fast"), ("r50-b1", "eager")}
-    assert len(first) == 4 * 2 * 2 * 3 + 4 * 2 * 2
+        (p + g, i) for p in ("", "se-") for g, i in (("r50-b32", "cbam_fast"), ("r50-b32", "eager"),
+                                                    ("r50-b32", "compile"), ("r50-b1", "cbam_fast"), ("r50-b1", "eager"))}
+    assert len(first) == 2 * (4 * 2 * 2 * 3 + 4 * 2 * 2)  # CBAM's and the SE gate's
     autotune_targets = [c for c in configs if cases.tier(c) in (1, 3)]
-    assert len(autotune_targets) == 16 and {c.impl for c in autotune_targets} == {"compile_max_autotune"}
+    assert len(autotune_targets) == 32 and {c.impl for c in autotune_targets} == {"compile_max_autotune"}
     assert configs[0].impl == "cbam_fast"  # within a configuration group cbam_fast comes first
 
 
 def test_select_profiles_filters_and_skip_done():
     quick = cases.select("quick")
     assert {cases.tier(c) for c in quick} == {0, 1, 2, 3}
-    assert all(c.impl != "compile_max_autotune" or (c.dtype == "bfloat16" and c.case.group == "r50-b32") for c in quick)
-    assert all(c.impl != "compile" or (c.dtype == "bfloat16" and c.case.group == "r50-b32") for c in quick)
+    assert all(c.impl != "compile_max_autotune" or (c.dtype == "bfloat16" and c.case.group in cases.B32_TARGET_GROUPS)
+               for c in quick)
+    assert all(c.impl != "compile" or (c.dtype == "bfloat16" and c.case.group in cases.B32_TARGET_GROUPS) for c in quick)
     assert {(c.impl, c.case.group, c.dtype) for c in quick if c.impl in ("cbam_fast", "eager")} == {
         (i, g, d) for i in ("cbam_fast", "eager") for g in cases.GROUPS for d in cases.DTYPES}
     assert len(cases.select("full")) == len(cases.all_configs())
     targets = cases.select("targets")
-    assert {cases.tier(c) for c in targets} == {0} and len(targets) == 4 * 2 * 2 * 3 + 4 * 2 * 2
+    assert {cases.tier(c) for c in targets} == {0} and len(targets) == 2 * (4 * 2 * 2 * 3 + 4 * 2 * 2)
     # inside the targets: every row that compiles nothing first, then torch.compile forward, then forward+backward
     compiled = [c.impl == "compile" for c in targets]
-    assert compiled == sorted(compiled) and compiled.count(True) == 16
-    assert [c.mode for c in targets if c.impl == "compile"] == ["fwd"] * 8 + ["fwd_bwd"] * 8
+    assert compiled == sorted(compiled) and compiled.count(True) == 32
+    assert [c.mode for c in targets if c.impl == "compile"] == ["fwd"] * 16 + ["fwd_bwd"] * 16
     done = {quick[0].key, quick[1].key}
     assert [c.key for c in cases.select("quick", skip_done=done)] == [c.key for c in quick[2:]]
     some = cases.select("full", cases=["r50-b1", "yolo-p3-b16"], dtypes=["bf16"], formats=["cl"], impls=["eager"])
@@ -470,7 +477,7 @@ def test_runner_refuses_to_time_without_cuda(tmp_path):
 
 def _stand_in_report(call, cache):
     """A stand-in for benchmarks.plan.report: fixed PREDICTED numbers; one call fails."""
-    if call.shape == (32, 1024, 14, 14) and call.fmt == "cl" and call.mode == "fwd":
+    if call.shape == (32, 1024, 14, 14) and call.fmt == "cl" and call.mode == "fwd" and call.preset == "default":
         raise RuntimeError("stand-in failure")
     rows = [SimpleNamespace(part="fwd", role="pool", kernel="k_fwd", us=3.0),
             SimpleNamespace(part="bwd", role="dx", kernel="k_bwd", us=4.0)]
@@ -484,7 +491,8 @@ def test_predictions_side_file_with_a_stand_in_model(tmp_path):
     logged = []
     doc = predict.predict(configs, out, report_fn=_stand_in_report, log=logged.append)
     assert doc == json.loads(out.read_text()) and "PREDICTIONS" in doc["what"] and "NOT measurements" in doc["what"]
-    assert len(doc["rows"]) == 23 and len(doc["failed"]) == 1 and doc["complete"] is False  # 24 cbam_fast rows
+    # 48 cbam_fast rows: CBAM's 24 and the SE gate's 24
+    assert len(doc["rows"]) == 47 and len(doc["failed"]) == 1 and doc["complete"] is False
     assert "stand-in failure" in doc["failed"][0]["error"] and any("FAILED" in line for line in logged)
     rows = predict.by_key(predict.load(out))
     fwd = rows[("r50-s1-b32", "bfloat16", "contiguous", "fwd")]
@@ -497,7 +505,10 @@ def test_predictions_side_file_with_a_stand_in_model(tmp_path):
     assert (call.shape, call.dtype, call.fmt, call.preset, call.train, call.mode) == (
         (1, 512, 28, 28), "bf16", "cl", "default", False, "fwd")
     late = predict.predict(configs, tmp_path / "late.json", budget_s=-1.0, report_fn=_stand_in_report, log=logged.append)
-    assert late["rows"] == [] and len(late["not_reached"]) == 24  # past its budget: listed, not predicted
+    assert late["rows"] == [] and len(late["not_reached"]) == 48  # past its budget: listed, not predicted
+    se = predict.config_call(cases.Config(cases.CASE_BY_NAME["seresnet50-s1-b32"], "bfloat16", "contiguous", "fwd",
+                                          "cbam_fast"))
+    assert (se.shape, se.preset) == ((32, 256, 56, 56), "se")
 
 
 def test_predictions_refuse_the_interpreter(tmp_path, monkeypatch, capsys):
@@ -535,7 +546,7 @@ def test_report_puts_predictions_beside_measurements_and_the_e2e_row(tmp_path):
                             predicted_path=Path(side["STUB_PREDICTED"]), e2e_path=Path(side["STUB_E2E"]))
     text = "\n".join(lines)
     assert f"left out {kernels}" in text
-    assert "static model vs measurement (24 cbam_fast rows" in text and "not a measurement" in text
+    assert "static model vs measurement (48 cbam_fast rows" in text and "not a measurement" in text
     assert "r50-b32 bf16 forward+backward (8 rows): measured/predicted time 2.00x" in text
     assert "cbam_fast vs eager 1.25x" in text
     body = md.read_text()

@@ -1,0 +1,81 @@
+"""Structural facts of the gate family's launched code, read off the calls' plans as planned for
+a 132-SM GPU (benchmarks/launched.py; no timing, no GPU): the launches of each call, the ATen ops
+between them, the full-size passes, grid sizes and the batch order."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/
+
+from benchmarks import launched  # noqa: E402
+
+SMS = launched.SM_COUNT
+SE_B32 = [launched.Call((32, *chw), "bf16", fmt, "se", False, "fwd_bwd") for chw in launched.R50_STAGES
+          for fmt in ("nchw", "cl")]
+SE_B1 = [launched.Call((1, *chw), "bf16", fmt, "se", False, "fwd") for chw in launched.R50_STAGES
+         for fmt in ("nchw", "cl")]
+SPATIAL_B32 = [launched.Call((32, *chw), "bf16", fmt, "spatial", False, "fwd_bwd") for chw in launched.R50_STAGES
+               for fmt in ("nchw", "cl")]
+
+
+def _ids(calls):
+    return [c.id for c in calls]
+
+
+@pytest.mark.parametrize("call", SE_B32 + SE_B1, ids=_ids(SE_B32 + SE_B1))
+def test_se_forward_is_two_launches_and_no_aten_op(captured, call):
+    """The SE gate's forward at any batch size: two kernels, each one full-size pass over x (the
+    second also writes y), the MLP folded into them: no ATen op (no parameter cast, no tiny op)."""
+    cap = captured(call)
+    assert [r.launch.role for r in cap.forward] == ["channel_pool", "gate_scale"]
+    assert [(r.launch.reads, r.launch.writes) for r in cap.forward] == [(("x",), ()), (("x",), ("y",))]
+    assert [o.name for o in cap.aten_forward] == []
+
+
+@pytest.mark.parametrize("call", SE_B32, ids=_ids(SE_B32))
+def test_se_backward_passes(captured, call):
+    """The SE gate's backward: two kernels, x read once, dy twice, dx written once; between them
+    only small ATen ops on [N, C] (the MLP's backward recomputed from the pools: no op over a
+    full-size tensor)."""
+    cap = captured(call)
+    assert [r.launch.role for r in cap.backward] == ["gate_bwd_reduce", "gate_bwd_dx"]
+    assert sorted(n for r in cap.backward for n in r.launch.reads) == ["dy", "dy", "x"]
+    assert [n for r in cap.backward for n in r.launch.writes] == ["dx"]
+    N, C, H, W = call.shape
+    # (weights included: at 2048 x 7 x 7 a cast of W1 moves 1.5 MB against |x| = 6.4 MB)
+    assert all(o.bytes < cap.x_bytes / 2 for o in cap.aten_backward), [(o.name, o.bytes) for o in cap.aten_backward]
+
+
+@pytest.mark.parametrize("call", SPATIAL_B32, ids=_ids(SPATIAL_B32))
+def test_spatial_gate_passes(captured, call):
+    """The spatial gate: pool and scale forward, reduce and dx backward, the k x k conv between
+    them on the [N, 2, H, W] maps only."""
+    cap = captured(call)
+    assert [r.launch.role for r in cap.forward] == ["gate_pool", "gate_scale"]
+    assert [r.launch.role for r in cap.backward] == ["gate_bwd_reduce", "gate_bwd_dx"]
+    assert all(o.bytes < cap.x_bytes / 2 for o in cap.aten_forward + cap.aten_backward)
+
+
+@pytest.mark.parametrize("call", SE_B32 + SPATIAL_B32, ids=_ids(SE_B32 + SPATIAL_B32))
+def test_gate_passes_fill_the_gpu_and_walk_a_serpentine(captured, call):
+    """Every full-size pass has at least 4 programs per SM (its tile work allows it at every
+    stage), but the SE gate's scale pass, which splits H*W only while a sample's W2 slabs stay
+    under a quarter of its x (every split re-reads them): at least one program per (sample,
+    channel block) there, and 4 per SM where the slabs allow; consecutive passes over a tensor walk
+    the batch in opposite directions."""
+    cap = captured(call)
+    for r in cap.records:
+        if r.launch.reads:
+            want = 4 * SMS
+            c = r.launch.constexprs
+            if r.launch.role == "gate_scale" and c["FUSED"]:
+                N, C = call.shape[:2]
+                want = min(want, N * -(-C // c["BLOCK_K"]))
+            assert r.launch.programs >= want, (r.launch.role, r.launch.programs)
+            assert len(r.launch.grid) == 1
+    directions = [r.launch.constexprs["REVERSE"] for r in cap.records if r.launch.reads]
+    assert directions == [0, 1, 0, 1]

@@ -161,11 +161,18 @@ def _device_guard(x: Tensor):
 # ----------------------------------------------------------------------------- autograd
 
 
+@contextlib.contextmanager
 def _deterministic_cudnn():
-    """cuDNN's current settings with deterministic algorithms: the tiny step's convolutions
-    (ECA's 1-D conv, the spatial gate's k x k conv) then have deterministic gradients."""
+    """cuDNN with deterministic algorithms (and no benchmarking), every other setting as it is: the
+    tiny step's convolutions (ECA's 1-D conv, the spatial gate's k x k conv) then have
+    deterministic gradients."""
     b = torch.backends.cudnn
-    return b.flags(enabled=b.enabled, benchmark=False, deterministic=True, allow_tf32=b.allow_tf32)
+    saved = b.deterministic, b.benchmark
+    b.deterministic, b.benchmark = True, False
+    try:
+        yield
+    finally:
+        b.deterministic, b.benchmark = saved
 
 
 def _unlisted_leaves(out: Tensor, listed: Sequence[Tensor]) -> list:

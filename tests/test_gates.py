@@ -223,6 +223,13 @@ def test_deterministic_bitwise(triton_backend, device):
         results.append((y, *torch.autograd.grad(y, [xx, *ps], torch.ones_like(y))))
     for a, b in zip(*results):
         assert torch.equal(a, b)
+    # the tiny step's convolutions run with deterministic cuDNN; the caller's settings come back
+    flags = torch.backends.cudnn
+    before = flags.deterministic, flags.benchmark
+    xs = x.clone().requires_grad_()
+    w = torch.randn(1, 2, 3, 3, device=device, requires_grad=True)
+    cbam_fast.spatial_attention(xs, w).sum().backward()
+    assert (flags.deterministic, flags.benchmark) == before and w.grad is not None
 
 
 @pytest.mark.parametrize("axis", ["channel", "spatial"])

@@ -83,6 +83,33 @@ def check_kernel_size(kernel_size) -> None:
         )
 
 
+def check_mlp(who, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias) -> None:
+    """The channel MLP's parameters for x (``[N, C, H, W]``): ``fc1_weight`` ``[hidden, C]`` (hidden
+    >= 1), ``fc2_weight`` ``[C, hidden]`` or None (then one ``[C, C]`` layer), biases to match;
+    a ValueError/TypeError naming the problem, prefixed by ``who``."""
+    c = x.shape[1]
+    if not isinstance(fc1_weight, torch.Tensor) or fc1_weight.dim() != 2:
+        raise ValueError(f"{who}: fc1_weight must be a 2-D tensor [hidden, C]")
+    hidden, c_param = fc1_weight.shape
+    if c_param != c:
+        raise ValueError(f"{who}: input has {c} channels but the parameters are for {c_param} channels")
+    if hidden < 1:
+        raise ValueError(f"{who}: the MLP hidden width must be at least 1")
+    _check_param("fc1_weight", fc1_weight, (hidden, c), x)
+    if fc1_bias is not None:
+        _check_param("fc1_bias", fc1_bias, (hidden,), x)
+    if fc2_weight is None:
+        if hidden != c:
+            raise ValueError(f"{who}: a single-layer MLP (fc2_weight=None) needs fc1_weight [C, C], got "
+                             f"{tuple(fc1_weight.shape)}")
+        if fc2_bias is not None:
+            raise ValueError(f"{who}: fc2_bias given without fc2_weight")
+    else:
+        _check_param("fc2_weight", fc2_weight, (c, hidden), x)
+        if fc2_bias is not None:
+            _check_param("fc2_bias", fc2_bias, (c,), x)
+
+
 def check_inputs(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias,
                  channel_pool="avg_max", spatial_pool="max_mean", bn=None) -> None:
     """Every bad input raises a TypeError/ValueError naming the problem, before any kernel runs."""
@@ -100,25 +127,7 @@ def check_inputs(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, con
     n, c, h, w = x.shape
     if c == 0 or h == 0 or w == 0:
         raise ValueError(f"cbam: input must have C, H, W >= 1, got shape {tuple(x.shape)}")
-    if not isinstance(fc1_weight, torch.Tensor) or fc1_weight.dim() != 2:
-        raise ValueError("cbam: fc1_weight must be a 2-D tensor [hidden, C]")
-    hidden, c_param = fc1_weight.shape
-    if c_param != c:
-        raise ValueError(f"cbam: input has {c} channels but the parameters are for {c_param} channels")
-    if hidden < 1:
-        raise ValueError("cbam: the MLP hidden width must be at least 1")
-    _check_param("fc1_weight", fc1_weight, (hidden, c), x)
-    if fc1_bias is not None:
-        _check_param("fc1_bias", fc1_bias, (hidden,), x)
-    if fc2_weight is None:
-        if hidden != c:
-            raise ValueError(f"cbam: a single-layer MLP (fc2_weight=None) needs fc1_weight [C, C], got {tuple(fc1_weight.shape)}")
-        if fc2_bias is not None:
-            raise ValueError("cbam: fc2_bias given without fc2_weight")
-    else:
-        _check_param("fc2_weight", fc2_weight, (c, hidden), x)
-        if fc2_bias is not None:
-            _check_param("fc2_bias", fc2_bias, (c,), x)
+    check_mlp("cbam", x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     if not isinstance(conv_weight, torch.Tensor) or conv_weight.dim() != 4:
         raise ValueError("cbam: conv_weight must be a 4-D tensor [1, 2, k, k] ([1, 1, k, k] for spatial_pool='light')")
     k = conv_weight.shape[-1]

@@ -30,22 +30,24 @@ from torch import nn
 from .convert import UnsupportedModule, _conv1x1, _is, _looks_channel, _looks_spatial, _read_half, _refuse
 from .convert import _spatial_conv, _Unconfirmed
 
-_ACT_CLASSES = {"ReLU": "relu", "SiLU": "silu", "Swish": "silu"}
-_GATE_CLASSES = {"Sigmoid": "sigmoid", "Hardsigmoid": "hard_sigmoid", "HardSigmoid": "hard_sigmoid"}
+def _act(owner, m):
+    """A module's activation layer as ``"relu"`` / ``"silu"``; UnsupportedModule for another."""
+    from .gate_modules import act_name
 
-
-def _act(owner, m, what="act_layer"):
-    name = type(m).__name__
-    if name not in _ACT_CLASSES:
-        _refuse(owner, f"{what}={name} (cbam_fast's excitation uses ReLU or SiLU)")
-    return _ACT_CLASSES[name]
+    try:
+        return act_name(type(owner).__name__, m)
+    except ValueError as e:
+        raise UnsupportedModule(str(e)) from None
 
 
 def _gate(owner, m):
-    name = type(m).__name__
-    if name not in _GATE_CLASSES:
-        _refuse(owner, f"gate_layer={name} (cbam_fast's gates are sigmoid and hard_sigmoid)")
-    return _GATE_CLASSES[name]
+    """A module's gate layer as ``"sigmoid"`` / ``"hard_sigmoid"``; UnsupportedModule for another."""
+    from .gate_modules import gate_name
+
+    try:
+        return gate_name(type(owner).__name__, m)
+    except ValueError as e:
+        raise UnsupportedModule(str(e)) from None
 
 
 def _channel_cls():

@@ -21,16 +21,11 @@ from torch import nn
 
 from . import gates, reference
 from .functional import check_kernel_size
+from .gates import _choice
+from .module import _check_int, timm_hidden_width
 
 _ACT_NAMES = {"relu": "relu", "silu": "silu", "swish": "silu"}
-_GATE_NAMES = {"sigmoid": "sigmoid", "hard_sigmoid": "hard_sigmoid", "hardsigmoid": "hard_sigmoid"}
-
-
-def _check_int(who, name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{who}: {name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{who}: {name} must be >= {minimum}, got {value}")
+_GATE_NAMES = {"sigmoid": "sigmoid", "hardsigmoid": "hard_sigmoid"}  # by name, lower case, without "_"
 
 
 def act_name(who, layer) -> str:
@@ -46,7 +41,6 @@ def gate_name(who, layer) -> str:
     """A ``gate_layer`` (name, class or instance) as ``"sigmoid"`` / ``"hard_sigmoid"``; others refused."""
     name = layer if isinstance(layer, str) else getattr(layer, "__name__", type(layer).__name__)
     key = name.lower().replace("_", "") if isinstance(name, str) else ""
-    key = {"sigmoid": "sigmoid", "hardsigmoid": "hard_sigmoid"}.get(key, key)
     if key in _GATE_NAMES:
         return _GATE_NAMES[key]
     raise ValueError(f"{who}: gate_layer={name} is not served: cbam_fast's gates are sigmoid and hard_sigmoid")
@@ -56,14 +50,6 @@ def _weight2d(layer: nn.Module) -> torch.Tensor:
     """A Linear's weight, or a 1x1 Conv2d's as an ``[out, in]`` view (no copy)."""
     w = layer.weight
     return w if w.dim() == 2 else w.flatten(1)
-
-
-def _make_divisible(v, divisor=8, round_limit=0.0):
-    """timm's ``make_divisible(v, divisor, min_value=None, round_limit)``."""
-    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    if new_v < round_limit * v:
-        new_v += divisor
-    return new_v
 
 
 class _Gate(nn.Module):
@@ -124,7 +110,7 @@ class ChannelAttention(_Gate):
                  pool: str = "avg", act: str = "relu", gate: str = "sigmoid", bias: bool = True, mlp: str = "reduce"):
         super().__init__()
         who = "ChannelAttention"
-        _check_int(who, "in_channels", in_channels)
+        _check_int("in_channels", in_channels, who=who)
         _choice(who, "pool", pool, gates.CHANNEL_POOLS)
         _choice(who, "act", act, gates.ACTIVATIONS)
         _choice(who, "gate", gate, gates.GATES)
@@ -138,7 +124,7 @@ class ChannelAttention(_Gate):
                 if hidden_channels < 1:
                     raise ValueError(f"{who}: the hidden width in_channels // reduction_ratio = {in_channels} // "
                                      f"{reduction_ratio} is 0; use a reduction_ratio <= {in_channels}")
-            _check_int(who, "hidden_channels", hidden_channels)
+            _check_int("hidden_channels", hidden_channels, who=who)
             self.fc = nn.Sequential(nn.Linear(in_channels, hidden_channels, bias=bias),
                                     nn.ReLU() if act == "relu" else nn.SiLU(),
                                     nn.Linear(hidden_channels, in_channels, bias=bias))
@@ -161,9 +147,9 @@ class ChannelAttention(_Gate):
         ``gate_layer`` sigmoid or hard_sigmoid; a ``norm_layer`` must be a BatchNorm class (it runs
         as PyTorch ops on the ``[N, rd]`` hidden vector)."""
         who = "ChannelAttention.timm_se"
-        _check_int(who, "channels", channels)
+        _check_int("channels", channels, who=who)
         act, gate = act_name(who, act_layer), gate_name(who, gate_layer)
-        rd = rd_channels if rd_channels else _make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.)
+        rd = timm_hidden_width(channels, rd_ratio, rd_channels, rd_divisor)  # timm's make_divisible rule
         children = {"fc1": nn.Conv2d(channels, rd, 1, bias=bias)}
         if norm_layer is not None:
             bn = norm_layer(rd)
@@ -182,7 +168,7 @@ class ChannelAttention(_Gate):
     def timm_effective_se(cls, channels: int, add_maxpool: bool = False, gate_layer="hard_sigmoid") -> "ChannelAttention":
         """timm's ``EffectiveSEModule``: one 1x1 conv ``fc`` C -> C with bias, hard_sigmoid gate."""
         who = "ChannelAttention.timm_effective_se"
-        _check_int(who, "channels", channels)
+        _check_int("channels", channels, who=who)
         gate = gate_name(who, gate_layer)
         return cls._from_parts({"fc": nn.Conv2d(channels, channels, 1, bias=True)},
                                **_spec(channels, "light" if add_maxpool else "avg", "relu", gate, fc1="fc"))
@@ -196,10 +182,10 @@ class ChannelAttention(_Gate):
         unless ``rd_channels``), ``act1`` (``force_act_layer`` or ``act_layer``: ReLU or SiLU),
         ``conv_expand``, both with bias, ``gate`` (sigmoid or hard_sigmoid)."""
         who = "ChannelAttention.timm_squeeze_excite"
-        _check_int(who, "in_chs", in_chs)
+        _check_int("in_chs", in_chs, who=who)
         if rd_channels is None:
             rd_channels = (rd_round_fn or round)(in_chs * rd_ratio)
-        _check_int(who, "rd_channels", rd_channels)
+        _check_int("rd_channels", rd_channels, who=who)
         act = act_name(who, force_act_layer or act_layer)
         gate = gate_name(who, gate_layer)
         children = {"conv_reduce": nn.Conv2d(in_chs, rd_channels, 1, bias=True),
@@ -215,10 +201,10 @@ class ChannelAttention(_Gate):
         given), the gate. Channels are known only at the first forward when ``channels`` is None."""
         who = "ChannelAttention.timm_eca"
         if channels is not None:
-            _check_int(who, "channels", channels)
+            _check_int("channels", channels, who=who)
             t = int(abs(math.log(channels, 2) + beta) / gamma)
             kernel_size = max(t if t % 2 else t + 1, 3)
-        _check_int(who, "kernel_size", kernel_size)
+        _check_int("kernel_size", kernel_size, who=who)
         if kernel_size % 2 == 0:
             raise ValueError(f"{who}: kernel_size must be odd, got {kernel_size}")
         gate = gate_name(who, gate_layer)
@@ -229,7 +215,7 @@ class ChannelAttention(_Gate):
     def ultralytics(cls, channels: int) -> "ChannelAttention":
         """Ultralytics' ``ChannelAttention(channels)``: average pool, one 1x1 conv ``fc`` C -> C with
         bias, sigmoid."""
-        _check_int("ChannelAttention.ultralytics", "channels", channels)
+        _check_int("channels", channels, who="ChannelAttention.ultralytics")
         return cls._from_parts({"fc": nn.Conv2d(channels, channels, 1, bias=True)},
                                **_spec(channels, "avg", "relu", "sigmoid", fc1="fc"))
 
@@ -321,11 +307,6 @@ class _NormedExcite:
         h = self.norm(h[:, :, None, None].to(dt)).flatten(1).to(v.dtype)
         h = reference.activation(h, self.act)
         return F.linear(h, self.w2.to(v.dtype), None if self.b2 is None else self.b2.to(v.dtype))
-
-
-def _choice(who, what, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{who}: {what} must be one of {allowed}, got {value!r}")
 
 
 def _spec(channels, pool, act, gate, *, fc1=None, fc2=None, norm=None, eca=None) -> dict:

@@ -36,13 +36,15 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .functional import FLOAT_DTYPES, _check_dense, _check_param, backend, check_kernel_size, kernels_interpreted
+from .functional import FLOAT_DTYPES, _check_dense, _check_param, backend, check_kernel_size, check_mlp
+from .functional import kernels_interpreted
 from .functional import under_transform
 from .kernels import acc_dtype
 from .kernels import gate_launch
 from .kernels.gate_launch import AXIS_CHANNEL, AXIS_SPATIAL, GATE_HARD_SIGMOID, GATE_SIGMOID
 from .kernels.launch import ACT_RELU, ACT_SILU, POOL_AVG, POOL_AVG_MAX, POOL_LIGHT, ChannelMLP, layout_of
 from .kernels.launch import prepare_input
+from .ops import _device_guard, kernel_mlp_params, output_format
 
 CHANNEL_POOLS = ("avg", "avg_max", "light")
 SPATIAL_POOLS = ("mean_max", "max_mean", "light")
@@ -80,7 +82,7 @@ def gate_scale_op(x: Tensor, gate: Tensor, axis: int) -> Tensor:
 
 @gate_scale_op.register_fake
 def _(x, gate, axis):
-    return torch.empty_like(x, memory_format=_format(x))
+    return torch.empty_like(x, memory_format=output_format(x))
 
 
 @torch.library.custom_op("cbam_fast::gate_bwd_reduce", mutates_args=())
@@ -108,27 +110,14 @@ def gate_mlp_forward_op(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Optiona
     (``w2`` None: the single layer ``fc1``), x in a served layout, parameters in their own dtype;
     ``pool``, ``act``, ``gate``: the launchers' codes (kernels/launch.py POOL_*, ACT_*;
     kernels/gate_launch.py GATE_*)."""
-    w1, b1, w2, b2 = _kernel_mlp(x, w1, b1, w2, b2)
+    w1, b1, w2, b2 = kernel_mlp_params(x, w1, b1, w2, b2)
     with _device_guard(x):
         return gate_launch.gate_mlp_forward(x, w1, b1, w2, b2, ChannelMLP(pool, w2 is not None), act, gate)
 
 
 @gate_mlp_forward_op.register_fake
 def _(x, w1, b1, w2, b2, pool, act, gate):
-    return torch.empty_like(x, memory_format=_format(x))
-
-
-def _kernel_mlp(x, w1, b1, w2, b2):
-    """The MLP's parameters as the kernels take them: contiguous, each in its own dtype; a
-    two-layer MLP with one bias of the two gets a zero bias for the other (both or neither)."""
-    def prep(p):
-        return None if p is None else p.detach().contiguous()
-
-    w1, b1, w2, b2 = prep(w1), prep(b1), prep(w2), prep(b2)
-    if w2 is not None and (b1 is None) != (b2 is None):
-        b1 = b1 if b1 is not None else torch.zeros(w1.shape[0], dtype=b2.dtype, device=x.device)
-        b2 = b2 if b2 is not None else torch.zeros(w2.shape[0], dtype=b1.dtype, device=x.device)
-    return w1, b1, w2, b2
+    return torch.empty_like(x, memory_format=output_format(x))
 
 
 @torch.library.custom_op("cbam_fast::gate_bwd_dx", mutates_args=())
@@ -143,19 +132,11 @@ def gate_bwd_dx_op(dy: Tensor, x: Tensor, gate: Tensor, dmean: Tensor, dmax: Ten
 
 @gate_bwd_dx_op.register_fake
 def _(dy, x, gate, dmean, dmax, idx, axis):
-    return torch.empty_like(x, memory_format=_format(x))
+    return torch.empty_like(x, memory_format=output_format(x))
 
 
 def _kept(x, axis):
     return x.shape[1] if axis == AXIS_CHANNEL else x.shape[2] * x.shape[3]
-
-
-def _format(x):
-    return gate_launch._format_of(x)
-
-
-def _device_guard(x: Tensor):
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -259,7 +240,7 @@ class _PooledGate(torch.autograd.Function):
         x, served, g_acc, idx = ctx.saved_tensors[:4]  # (unpacking checks the parameters' versions)
         served = x if served is None else served
         if layout_of(dy)[1] is None:  # H and W do not merge: one copy in x's format, for both passes
-            dy = dy.contiguous(memory_format=_format(served))
+            dy = dy.contiguous(memory_format=output_format(served))
         need = ctx.needs_input_grad
         params = [p for p in ctx.params]
         if ctx.graph is None:  # the folded MLP: the pools again, and the tiny step's graph from them
@@ -434,7 +415,6 @@ def channel_attention(x: Tensor, fc1_weight: Optional[Tensor] = None, fc1_bias: 
     _check_x(name, x)
     _choice(name, "pool", pool, CHANNEL_POOLS)
     _choice(name, "gate", gate, GATES)
-    C = x.shape[1]
     if excite is not None:
         if not callable(excite):
             raise TypeError(f"{name}: excite must be callable, got {type(excite).__name__}")
@@ -450,26 +430,7 @@ def channel_attention(x: Tensor, fc1_weight: Optional[Tensor] = None, fc1_bias: 
         _choice(name, "act", act, ACTIVATIONS)
         if params is not None:
             raise ValueError(f"{name}: params goes with excite (the MLP's parameters are its arguments)")
-        if not isinstance(fc1_weight, Tensor) or fc1_weight.dim() != 2:
-            raise ValueError(f"{name}: fc1_weight must be a 2-D tensor [hidden, C] (or give excite)")
-        hidden = fc1_weight.shape[0]
-        if fc1_weight.shape[1] != C:
-            raise ValueError(f"{name}: input has {C} channels but fc1_weight is for {fc1_weight.shape[1]}")
-        if hidden < 1:
-            raise ValueError(f"{name}: the MLP hidden width must be at least 1")
-        _check_param("fc1_weight", fc1_weight, (hidden, C), x)
-        if fc1_bias is not None:
-            _check_param("fc1_bias", fc1_bias, (hidden,), x)
-        if fc2_weight is None:
-            if hidden != C:
-                raise ValueError(f"{name}: a single layer (fc2_weight=None) needs fc1_weight [C, C], got "
-                                 f"{tuple(fc1_weight.shape)}")
-            if fc2_bias is not None:
-                raise ValueError(f"{name}: fc2_bias given without fc2_weight")
-        else:
-            _check_param("fc2_weight", fc2_weight, (C, hidden), x)
-            if fc2_bias is not None:
-                _check_param("fc2_bias", fc2_bias, (C,), x)
+        check_mlp(name, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
         params = tuple(p for p in (fc1_weight, fc1_bias, fc2_weight, fc2_bias) if p is not None)
         tiny_excite = None
     if _reference_only(x, *params):

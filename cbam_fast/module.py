@@ -92,11 +92,11 @@ def _official_channel_pool(pool_types) -> str:
                      f"['avg', 'max'] and ['avg']")
 
 
-def _check_int(name, value, minimum=1):
+def _check_int(name, value, minimum=1, who="CBAM"):
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"CBAM: {name} must be an int, got {type(value).__name__}")
+        raise TypeError(f"{who}: {name} must be an int, got {type(value).__name__}")
     if value < minimum:
-        raise ValueError(f"CBAM: {name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{who}: {name} must be >= {minimum}, got {value}")
 
 
 class CBAM(nn.Module):

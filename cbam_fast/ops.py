@@ -39,16 +39,22 @@ def _prep(p):
     return None if p is None else p.detach().contiguous()
 
 
-def kernel_params(x, w1, b1, w2, b2, wc, bc):
-    """Parameters as the kernels take them: contiguous, conv weight flattened, each in its own
-    dtype (the kernels upcast after loading: no per-call cast; a parameter is copied only when
-    it is not contiguous). A two-layer MLP with one bias of the two gets a zero bias for the
-    other (the kernels take both or neither)."""
+def kernel_mlp_params(x, w1, b1, w2, b2):
+    """The MLP's parameters as the kernels take them: contiguous, each in its own dtype (the
+    kernels upcast after loading: no per-call cast; a parameter is copied only when it is not
+    contiguous). A two-layer MLP with one bias of the two gets a zero bias for the other (the
+    kernels take both or neither)."""
     b1, b2 = _prep(b1), _prep(b2)
     if w2 is not None and (b1 is None) != (b2 is None):  # the kernels take both biases or neither
         b1 = b1 if b1 is not None else torch.zeros(w1.shape[0], dtype=b2.dtype, device=x.device)
         b2 = b2 if b2 is not None else torch.zeros(w2.shape[0], dtype=b1.dtype, device=x.device)
-    return _prep(w1), b1, _prep(w2), b2, _prep(wc).view(-1), _prep(bc)
+    return _prep(w1), b1, _prep(w2), b2
+
+
+def kernel_params(x, w1, b1, w2, b2, wc, bc):
+    """Parameters as the kernels take them (:func:`kernel_mlp_params`), the conv weight
+    flattened."""
+    return (*kernel_mlp_params(x, w1, b1, w2, b2), _prep(wc).view(-1), _prep(bc))
 
 
 def _device_guard(x: Tensor):

@@ -13,7 +13,7 @@ gated ("kept") axis, ``R`` the pooled ("reduced") axis:
 
 forward, 2 launches:
 
-1. :func:`gate_pool_kernel` reads x: mean, max and the first argmax over R (``V`` ``[N, 2, K]``,
+1. :func:`gate_reduce_kernel` reads x: mean, max and the first argmax over R (``V`` ``[N, 2, K]``,
    ``IDX`` ``[N, K]``), R split across programs until the grid fills the GPU, the splits merged
    in a fixed order by the last program of each block (a ticket: deterministic, no atomics on data);
    then the tiny step runs as PyTorch ops on ``[N, K]`` (a caller's excitation);
@@ -27,7 +27,7 @@ forward, 2 launches:
 backward, 2 launches around the tiny step's own backward (PyTorch ops on ``[N, K]``: for the
 folded MLP its recomputation from the pools):
 
-1. :func:`gate_bwd_reduce_kernel` reads x and dy: ``dg = sum_r dy * x`` (``[N, K]``), and the
+1. :func:`gate_reduce_kernel` reads x and dy: ``dg = sum_r dy * x`` (``[N, K]``), and the
    pools again where the forward kept none (the folded MLP);
 2. :func:`gate_bwd_dx_kernel` reads dy, writes ``dx = dy * g + dmean / R + dmax at the argmax``.
 
@@ -51,68 +51,6 @@ def _gate_program(n_kb, n_splits, REVERSE: tl.constexpr):
     return n, split, r - split * n_kb
 
 
-# the split count varies with the shape: not specialised (fewer variants to compile)
-@triton.jit(do_not_specialize=["n_splits"])
-def gate_pool_kernel(
-    X, PSUM, PMAX, PIDX, V, IDX, CNT,
-    K, R, r_per_split, n_splits,
-    s_n, s_k, s_r,
-    LAYOUT: tl.constexpr, MAX: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, NUM_STAGES: tl.constexpr,
-    REVERSE: tl.constexpr,
-):
-    """Forward pass 1: ``V[n, 0, k] = mean_r x``, with MAX ``V[n, 1, k] = max_r x`` (V ``[N, 2, K]``;
-    ``[N, 1, K]`` without MAX) and ``IDX[n, k]``
-    the first r reaching it (NaN wins, as torch.max(dim)). Grid ``(N * n_splits * NKB,)``;
-    program (n, split, kb) covers ``BLOCK_K`` kept indices and R in
-    ``[split * r_per_split, ...)``. With several splits the partial rows go to ``PSUM``, ``PMAX``,
-    ``PIDX`` ``[N, n_splits, K]`` and the last split of (n, kb) (a ticket on ``CNT[n * NKB + kb]``)
-    merges them in split order."""
-    acc_ty = V.dtype.element_ty
-    n_kb = tl.cdiv(K, BLOCK_K)
-    n, split, kb = _gate_program(n_kb, n_splits, REVERSE)
-    o_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
-    m_k = o_k < K
-    r_start = split * r_per_split
-    r_end = tl.minimum(r_start + r_per_split, R)
-    acc_sum = tl.zeros([BLOCK_K, BLOCK_R], dtype=acc_ty)
-    acc_max = tl.full([BLOCK_K, BLOCK_R], float("-inf"), dtype=acc_ty)
-    acc_idx = tl.full([BLOCK_K, BLOCK_R], 1073741823, dtype=tl.int32)  # RUNNING_SENTINEL
-    for r0 in tl.range(r_start, r_end, BLOCK_R, num_stages=NUM_STAGES):
-        o_r = r0 + tl.arange(0, BLOCK_R)
-        m = m_k[:, None] & (o_r < r_end)[None, :]
-        # evict_last: the scale pass reads x again, from L2 where it is still there
-        v = tl.load(X + tile_offsets(n, o_k, o_r, s_n, s_k, s_r, LAYOUT), mask=m, other=0.0,
-                    eviction_policy="evict_last").to(acc_ty)
-        acc_sum += v
-        if MAX:
-            acc_max, acc_idx = merge_argmax(acc_max, acc_idx, tl.where(m, v, float("-inf")),
-                                            tl.zeros([BLOCK_K, BLOCK_R], dtype=tl.int32) + o_r[None, :])
-    b_sum = tl.sum(acc_sum, axis=1)
-    b_max = b_sum  # (unused without MAX)
-    b_idx = tl.zeros([BLOCK_K], dtype=tl.int32)
-    if MAX:
-        b_max, b_idx = first_argmax(acc_max, acc_idx, 1)
-    last = n_splits == 1  # a tensor unless the JIT specialised n_splits to 1
-    if n_splits > 1:
-        o_part = (n * n_splits + split) * K + o_k
-        tl.store(PSUM + o_part, b_sum, mask=m_k)
-        if MAX:
-            tl.store(PMAX + o_part, b_max, mask=m_k)
-            tl.store(PIDX + o_part, b_idx, mask=m_k)
-        last = ticket(CNT, n * n_kb + kb, n_splits)
-    if last:
-        if n_splits > 1:  # every split's partials, in split order
-            b_sum = sum_rows(PSUM, n * n_splits, n_splits, K, o_k, m_k, BLOCK_S)
-            if MAX:
-                b_max, b_idx = argmax_rows(PMAX, PIDX, n * n_splits, n_splits, K, K, o_k, m_k, BLOCK_S)
-        NV: tl.constexpr = 2 if MAX else 1  # rows of V per sample
-        tl.store(V + n * NV * K + o_k, b_sum / R, mask=m_k)
-        if MAX:
-            tl.store(V + n * NV * K + K + o_k, b_max, mask=m_k)
-            tl.store(IDX + n * K + o_k, b_idx, mask=m_k)
-
-
 @triton.jit
 def gate_scale_kernel(
     X, Y, G, HA, W2, B2,
@@ -123,7 +61,7 @@ def gate_scale_kernel(
     NUM_STAGES: tl.constexpr, REVERSE: tl.constexpr,
 ):
     """Forward pass 2: ``y = x * g[n, k]``, the product rounded once to y's dtype. Grid and programs
-    as :func:`gate_pool_kernel`'s (no merge: every program writes its own tile).
+    as :func:`gate_reduce_kernel`'s (no merge: every program writes its own tile).
 
     ``g``: without FUSED the gate itself, ``G`` ``[N, K]`` (acc dtype, from the caller's tiny
     step). With FUSED (the channel gate, K = C, its MLP in the kernels) the gate of the program's
@@ -160,20 +98,28 @@ def gate_scale_kernel(
 
 # the split count varies with the shape: not specialised (fewer variants to compile)
 @triton.jit(do_not_specialize=["n_splits"])
-def gate_bwd_reduce_kernel(
+def gate_reduce_kernel(
     X, DY, PART, DG, PSUM, PMAX, PIDX, V, IDX, CNT,
     K, R, r_per_split, n_splits,
     s_xn, s_xk, s_xr, s_gn, s_gk, s_gr,
-    X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, POOLS: tl.constexpr,
+    X_LAYOUT: tl.constexpr, DY_LAYOUT: tl.constexpr, HAS_DY: tl.constexpr, POOLS: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, NUM_STAGES: tl.constexpr,
     REVERSE: tl.constexpr,
 ):
-    """Backward pass 1: ``DG[n, k] = sum_r dy * x`` (the gate's gradient, ``[N, K]`` acc dtype) and,
-    for a forward that kept no pools (the fused channel gate), x's pools again from the same
-    loads: POOLS 1 the mean (``V[n, 0]``), POOLS 2 also the max and its first argmax (``V[n, 1]``,
-    ``IDX``), as :func:`gate_pool_kernel` computes them. Grid, splits and the ticket's merge as
-    :func:`gate_pool_kernel`'s (partials ``PART``, ``PSUM``, ``PMAX``, ``PIDX`` ``[N, n_splits, K]``)."""
-    acc_ty = DG.dtype.element_ty
+    """The reductions over R, one pass over x (and dy):
+
+    * forward pass 1 (no HAS_DY): x's pools, POOLS 1 the mean ``V[n, 0, k] = mean_r x``, POOLS 2
+      also the max ``V[n, 1, k]`` and ``IDX[n, k]`` the first r reaching it (NaN wins, as
+      torch.max(dim)); V ``[N, POOLS, K]``;
+    * backward pass 1 (HAS_DY): ``DG[n, k] = sum_r dy * x`` (the gate's gradient, ``[N, K]`` acc
+      dtype) and, with POOLS (a forward that kept no pools: the folded MLP), the pools again from
+      the same loads.
+
+    Grid ``(N * n_splits * NKB,)``; program (n, split, kb) covers ``BLOCK_K`` kept indices and R in
+    ``[split * r_per_split, ...)``. With several splits the partial rows go to ``PART``, ``PSUM``,
+    ``PMAX``, ``PIDX`` ``[N, n_splits, K]`` and the last split of (n, kb) (a ticket on
+    ``CNT[n * NKB + kb]``) merges them in split order."""
+    acc_ty = V.dtype.element_ty
     n_kb = tl.cdiv(K, BLOCK_K)
     n, split, kb = _gate_program(n_kb, n_splits, REVERSE)
     o_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -187,11 +133,15 @@ def gate_bwd_reduce_kernel(
     for r0 in tl.range(r_start, r_end, BLOCK_R, num_stages=NUM_STAGES):
         o_r = r0 + tl.arange(0, BLOCK_R)
         m = m_k[:, None] & (o_r < r_end)[None, :]
-        v = tl.load(X + tile_offsets(n, o_k, o_r, s_xn, s_xk, s_xr, X_LAYOUT), mask=m, other=0.0,
-                    eviction_policy="evict_first").to(acc_ty)  # the backward's only read of x
-        d = tl.load(DY + tile_offsets(n, o_k, o_r, s_gn, s_gk, s_gr, DY_LAYOUT), mask=m, other=0.0,
-                    eviction_policy="evict_last").to(acc_ty)  # the dx pass reads dy again
-        acc += v * d
+        x_offs = tile_offsets(n, o_k, o_r, s_xn, s_xk, s_xr, X_LAYOUT)
+        if HAS_DY:
+            v = tl.load(X + x_offs, mask=m, other=0.0,
+                        eviction_policy="evict_first").to(acc_ty)  # the backward's only read of x
+            d = tl.load(DY + tile_offsets(n, o_k, o_r, s_gn, s_gk, s_gr, DY_LAYOUT), mask=m, other=0.0,
+                        eviction_policy="evict_last").to(acc_ty)  # the dx pass reads dy again
+            acc += v * d
+        else:  # evict_last: the scale pass reads x again, from L2 where it is still there
+            v = tl.load(X + x_offs, mask=m, other=0.0, eviction_policy="evict_last").to(acc_ty)
         if POOLS >= 1:
             acc_sum += v
         if POOLS == 2:
@@ -203,10 +153,11 @@ def gate_bwd_reduce_kernel(
     b_idx = tl.zeros([BLOCK_K], dtype=tl.int32)
     if POOLS == 2:
         b_max, b_idx = first_argmax(acc_max, acc_idx, 1)
-    last = n_splits == 1
+    last = n_splits == 1  # a tensor unless the JIT specialised n_splits to 1
     if n_splits > 1:
         o_part = (n * n_splits + split) * K + o_k
-        tl.store(PART + o_part, b, mask=m_k)
+        if HAS_DY:
+            tl.store(PART + o_part, b, mask=m_k)
         if POOLS >= 1:
             tl.store(PSUM + o_part, b_sum, mask=m_k)
         if POOLS == 2:
@@ -214,13 +165,15 @@ def gate_bwd_reduce_kernel(
             tl.store(PIDX + o_part, b_idx, mask=m_k)
         last = ticket(CNT, n * n_kb + kb, n_splits)
     if last:
-        if n_splits > 1:
-            b = sum_rows(PART, n * n_splits, n_splits, K, o_k, m_k, BLOCK_S)
+        if n_splits > 1:  # every split's partials, in split order
+            if HAS_DY:
+                b = sum_rows(PART, n * n_splits, n_splits, K, o_k, m_k, BLOCK_S)
             if POOLS >= 1:
                 b_sum = sum_rows(PSUM, n * n_splits, n_splits, K, o_k, m_k, BLOCK_S)
             if POOLS == 2:
                 b_max, b_idx = argmax_rows(PMAX, PIDX, n * n_splits, n_splits, K, K, o_k, m_k, BLOCK_S)
-        tl.store(DG + n * K + o_k, b, mask=m_k)
+        if HAS_DY:
+            tl.store(DG + n * K + o_k, b, mask=m_k)
         if POOLS >= 1:
             NV: tl.constexpr = 2 if POOLS == 2 else 1  # rows of V per sample
             tl.store(V + n * NV * K + o_k, b_sum / R, mask=m_k)

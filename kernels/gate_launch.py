@@ -23,11 +23,10 @@ import dataclasses
 import torch
 import triton
 
-from .common import LAYOUT_CCONTIG
-from .gate import gate_bwd_dx_kernel, gate_bwd_reduce_kernel, gate_pool_kernel, gate_scale_kernel
+from .gate import gate_bwd_dx_kernel, gate_reduce_kernel, gate_scale_kernel
 from .launch import GRID_X_MAX, MAX_CHANNELS, MAX_POSITIONS, MLP_BLOCK_H2, NUM_STAGES, ChannelMLP, _counters, _empty
 from .launch import _pool_splits, _served_blocks, acc_dtype, blocks_for, check_launchable, launch_channel_pool
-from .launch import layout_of, pool_tile, prepare_input
+from .launch import _memory_format, layout_of, pool_tile, prepare_input
 from .plan import Plan, Traffic, execute, sm_count
 
 # The gate function of the folded MLP (gate_scale_kernel GATE): sigmoid, hard_sigmoid.
@@ -38,7 +37,7 @@ GATE_SIGMOID, GATE_HARD_SIGMOID = 0, 1
 AXIS_CHANNEL, AXIS_SPATIAL = 0, 1
 # The direction each pass walks the batch in (kernels/common.py sample_major): consecutive
 # passes over the same tensor alternate, so each starts on what its predecessor read last.
-ORDER = dict(gate_pool=0, gate_scale=1, gate_bwd_reduce=0, gate_bwd_dx=1)
+ORDER = dict(gate_pool=0, gate_scale=1, gate_bwd_reduce=0, gate_bwd_dx=1)  # by role
 TILE_ELEMENTS = 2048  # per program and loop stage: 8 per thread at 8 warps (fp64: half)
 CONTIG_BLOCK = 128  # the tile's extent along the contiguous axis: 256 contiguous bytes in 16-bit
 
@@ -137,29 +136,49 @@ def _traffic(v: GateView, g: _Grid, es: int, loads: int, stores: int) -> Traffic
     return Traffic(S * (loads + stores), per_program, g.bk * g.br * es * loads)
 
 
-def plan_pool(x: torch.Tensor, axis: int, need_max: bool) -> Plan:
-    """Forward pass 1 of a gate: env ``x`` (served as is, or an NCHW copy), ``v`` ``[N, 2, K]``
-    (mean over R and, with ``need_max``, the max; ``[N, 1, K]`` without) and ``idx`` ``[N, K]`` int32 (the
-    first argmax; None without ``need_max``), in the acc dtype."""
-    check_gate_launchable(x.shape)
-    x, _, _ = prepare_input(x)
+def _plan_reduce(x: torch.Tensor, dy, axis: int, pools: int) -> Plan:
+    """One launch of ``gate_reduce_kernel``: forward pass 1 (``dy`` None: the pools only) or
+    backward pass 1 (``dg = sum_r dy * x``, and with ``pools`` the pools again). env ``dg`` (None
+    without dy), ``dy`` (as read: its own strides when H and W merge, else a copy in x's format),
+    ``v`` ``[N, pools, K]`` (row 0 the mean over R, row 1 the max; None without pools) and ``idx``
+    ``[N, K]`` int32 (the max's first argmax; None below pools 2), in the acc dtype."""
     v = gate_view(x, axis)
     dev, acc = x.device, acc_dtype(x.dtype)
     g = _grid(v, x.dtype, dev)
+    if dy is not None:
+        dy, d = _dy_view(dy, x, axis)
+    else:
+        d = v
     parts = (v.N, g.n_splits, v.K) if g.n_splits > 1 else (1,)
-    psum = _empty(parts, acc, dev)
-    pmax = _empty(parts if need_max else (1,), acc, dev)
-    pidx = _empty(parts if need_max else (1,), torch.int32, dev)
-    out = _empty((v.N, 2 if need_max else 1, v.K), acc, dev)
-    idx = _empty((v.N, v.K) if need_max else (1,), torch.int32, dev)
+    part = _empty(parts if dy is not None else (1,), acc, dev)
+    psum = _empty(parts if pools >= 1 else (1,), acc, dev)
+    pmax = _empty(parts if pools == 2 else (1,), acc, dev)
+    pidx = _empty(parts if pools == 2 else (1,), torch.int32, dev)
+    dg = _empty((v.N, v.K) if dy is not None else (1,), acc, dev)
+    out = _empty((v.N, pools, v.K) if pools else (1,), acc, dev)
+    idx = _empty((v.N, v.K) if pools == 2 else (1,), torch.int32, dev)
+    role, reads = ("gate_bwd_reduce", ("x", "dy")) if dy is not None else ("gate_pool", ("x",))
     plan = Plan()
-    plan.launch("gate_pool", gate_pool_kernel, (g.programs(v.N),),
-                (x, psum, pmax, pidx, out, idx, _counters(dev, v.N * g.n_kb + 1),
-                 v.K, v.R, g.r_per_split, g.n_splits, v.s_n, v.s_k, v.s_r),
-                dict(LAYOUT=v.layout, MAX=need_max, BLOCK_K=g.bk, BLOCK_R=g.br, BLOCK_S=16, NUM_STAGES=NUM_STAGES,
-                     REVERSE=ORDER["gate_pool"]),
-                num_warps=g.warps, reads=("x",), traffic=_traffic(v, g, x.element_size(), 1, 0))
-    plan.env.update(x=x, v=out, idx=idx if need_max else None)
+    plan.launch(role, gate_reduce_kernel, (g.programs(v.N),),
+                (x, dy if dy is not None else x, part, dg, psum, pmax, pidx, out, idx,
+                 _counters(dev, v.N * g.n_kb + 1), v.K, v.R, g.r_per_split, g.n_splits,
+                 v.s_n, v.s_k, v.s_r, d.s_n, d.s_k, d.s_r),
+                dict(X_LAYOUT=v.layout, DY_LAYOUT=d.layout, HAS_DY=dy is not None, POOLS=pools, BLOCK_K=g.bk,
+                     BLOCK_R=g.br, BLOCK_S=16, NUM_STAGES=NUM_STAGES, REVERSE=ORDER[role]),
+                num_warps=g.warps, reads=reads, traffic=_traffic(v, g, x.element_size(), len(reads), 0))
+    plan.env.update(dg=dg if dy is not None else None, dy=dy, v=out if pools else None,
+                    idx=idx if pools == 2 else None)
+    return plan
+
+
+def plan_pool(x: torch.Tensor, axis: int, need_max: bool) -> Plan:
+    """Forward pass 1 of a gate: env ``x`` (served as is, or an NCHW copy), ``v`` ``[N, 2, K]``
+    (mean over R and, with ``need_max``, the max; ``[N, 1, K]`` without) and ``idx`` ``[N, K]``
+    int32 (the first argmax; None without ``need_max``), in the acc dtype."""
+    check_gate_launchable(x.shape)
+    x, _, _ = prepare_input(x)
+    plan = _plan_reduce(x, None, axis, 2 if need_max else 1)
+    plan.env["x"] = x
     return plan
 
 
@@ -227,8 +246,8 @@ def plan_mlp_forward(x: torch.Tensor, w1, b1, w2, b2, mlp: ChannelMLP, act: int,
 
 
 def _format_of(x: torch.Tensor):
-    layout, _ = layout_of(x)
-    return torch.channels_last if layout == LAYOUT_CCONTIG else torch.contiguous_format
+    """The memory format of an output like x: channels_last where x is channels_last-like."""
+    return _memory_format(layout_of(x)[0])
 
 
 def _dy_view(dy: torch.Tensor, x: torch.Tensor, axis: int):
@@ -243,27 +262,7 @@ def plan_bwd_reduce(dy: torch.Tensor, x: torch.Tensor, axis: int, pools: int = 0
     strides (copied only when its H and W do not merge). ``pools`` (a forward that kept none):
     1 also ``v`` ``[N, 1, K]`` the mean over R, 2 ``v`` ``[N, 2, K]`` mean and max and ``idx``
     ``[N, K]`` the max's first argmax (env ``v``, ``idx``; None where not computed)."""
-    v = gate_view(x, axis)
-    dy, d = _dy_view(dy, x, axis)
-    dev, acc = x.device, acc_dtype(x.dtype)
-    g = _grid(v, x.dtype, dev)
-    parts = (v.N, g.n_splits, v.K) if g.n_splits > 1 else (1,)
-    part = _empty(parts, acc, dev)
-    psum = _empty(parts if pools >= 1 else (1,), acc, dev)
-    pmax = _empty(parts if pools == 2 else (1,), acc, dev)
-    pidx = _empty(parts if pools == 2 else (1,), torch.int32, dev)
-    dg = _empty((v.N, v.K), acc, dev)
-    out = _empty((v.N, pools, v.K) if pools else (1,), acc, dev)
-    idx = _empty((v.N, v.K) if pools == 2 else (1,), torch.int32, dev)
-    plan = Plan()
-    plan.launch("gate_bwd_reduce", gate_bwd_reduce_kernel, (g.programs(v.N),),
-                (x, dy, part, dg, psum, pmax, pidx, out, idx, _counters(dev, v.N * g.n_kb + 1), v.K, v.R,
-                 g.r_per_split, g.n_splits, v.s_n, v.s_k, v.s_r, d.s_n, d.s_k, d.s_r),
-                dict(X_LAYOUT=v.layout, DY_LAYOUT=d.layout, POOLS=pools, BLOCK_K=g.bk, BLOCK_R=g.br, BLOCK_S=16,
-                     NUM_STAGES=NUM_STAGES, REVERSE=ORDER["gate_bwd_reduce"]),
-                num_warps=g.warps, reads=("x", "dy"), traffic=_traffic(v, g, x.element_size(), 2, 0))
-    plan.env.update(dg=dg, dy=dy, v=out if pools else None, idx=idx if pools == 2 else None)
-    return plan
+    return _plan_reduce(x, dy, axis, pools)
 
 
 def plan_bwd_dx(dy: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, dmean: torch.Tensor, dmax, idx,

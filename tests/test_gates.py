@@ -271,7 +271,7 @@ def test_empty_batch_and_cpu_path(device, monkeypatch):
     (lambda x, w: cbam_fast.channel_attention(x, w, pool="max"), ValueError, "pool must be one of"),
     (lambda x, w: cbam_fast.channel_attention(x, w, gate="tanh"), ValueError, "gate must be one of"),
     (lambda x, w: cbam_fast.channel_attention(x, w, act="gelu"), ValueError, "act must be one of"),
-    (lambda x, w: cbam_fast.channel_attention(x, w[:4]), ValueError, r"single layer .*\[C, C\]"),
+    (lambda x, w: cbam_fast.channel_attention(x, w[:4]), ValueError, r"single-layer MLP .*\[C, C\]"),
     (lambda x, w: cbam_fast.channel_attention(x, w[:, :4]), ValueError, "channels"),
     (lambda x, w: cbam_fast.channel_attention(x, w, excite=lambda v: v), ValueError, "either"),
     (lambda x, w: cbam_fast.channel_attention(x, excite=3), TypeError, "callable"),

@@ -131,7 +131,7 @@ class AtenCounter(TorchDispatchMode):
             body = {"forward": ops.forward_op, "backward": ops.backward_op, "bn_update": ops.bn_update_op,
                     "gate_pool": gates.gate_pool_op, "gate_scale": gates.gate_scale_op,
                     "gate_bwd_reduce": gates.gate_bwd_reduce_op, "gate_bwd_dx": gates.gate_bwd_dx_op,
-                    "gate_mlp_forward": gates.gate_mlp_forward_op,
+                    "gate_mlp_forward": gates.gate_mlp_forward_op, "gate_mlp_backward": gates.gate_mlp_backward_op,
                     }[_op_name(func)]._init_fn
             with self:
                 return body(*args, **kwargs)

@@ -13,8 +13,9 @@ full-size is saved besides x. The tiny step between them, on ``[N, C]`` (or ``[N
 * the channel gate's plain MLP (one or two layers, ReLU or SiLU, optional biases; sigmoid or
   hard_sigmoid): folded into the two forward launches (CBAM's channel pooling pass computes the
   hidden vector per sample, the scale pass the second layer and the gate per channel block), so
-  the forward is 2 launches and nothing else; its backward recomputes it as PyTorch ops (fp32)
-  from the pools, which the backward's first pass computes again from its reads of x;
+  the forward is 2 launches and nothing else; its backward is 3 launches and nothing else (the
+  first pass pools x again and runs the MLP's backward from the forward's hidden vector, the
+  second writes the parameter gradients, the third dx);
 * anything else (a norm on the hidden vector, ECA's 1-D conv, the spatial k x k conv and its
   BatchNorm, a callable the caller gives): PyTorch ops with autograd between the passes, its
   backward between the two backward passes on the graph its forward recorded (so a BatchNorm in
@@ -105,19 +106,53 @@ def _(dy, x, axis, pools=0):
 
 @torch.library.custom_op("cbam_fast::gate_mlp_forward", mutates_args=())
 def gate_mlp_forward_op(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Optional[Tensor], b2: Optional[Tensor],
-                        pool: int, act: int, gate: int) -> Tensor:
+                        pool: int, act: int, gate: int) -> tuple[Tensor, Tensor, Tensor]:
     """The channel gate with its MLP folded into the two passes: ``x * gate(fc2(act(fc1(pools))))``
     (``w2`` None: the single layer ``fc1``), x in a served layout, parameters in their own dtype;
     ``pool``, ``act``, ``gate``: the launchers' codes (kernels/launch.py POOL_*, ACT_*;
-    kernels/gate_launch.py GATE_*)."""
+    kernels/gate_launch.py GATE_*). Returns ``y`` and what the backward needs, acc dtype: ``ha``
+    ``[N, hidden]`` the summed hidden activation (one layer: the gate's pre-activation ``[N, C]``)
+    and ``pre`` ``[N, 2, hidden]`` the two branches' pre-activations (empty for one layer)."""
     w1, b1, w2, b2 = kernel_mlp_params(x, w1, b1, w2, b2)
     with _device_guard(x):
-        return gate_launch.gate_mlp_forward(x, w1, b1, w2, b2, ChannelMLP(pool, w2 is not None), act, gate)
+        y, ha, pre = gate_launch.gate_mlp_forward(x, w1, b1, w2, b2, ChannelMLP(pool, w2 is not None), act, gate)
+    return y, ha, pre if pre is not None else ha.new_empty(0)
 
 
 @gate_mlp_forward_op.register_fake
 def _(x, w1, b1, w2, b2, pool, act, gate):
-    return torch.empty_like(x, memory_format=output_format(x))
+    N, acc = x.shape[0], acc_dtype(x.dtype)
+    return (torch.empty_like(x, memory_format=output_format(x)), x.new_empty((N, w1.shape[0]), dtype=acc),
+            x.new_empty((N, 2, w1.shape[0]) if w2 is not None else (0,), dtype=acc))
+
+
+@torch.library.custom_op("cbam_fast::gate_mlp_backward", mutates_args=())
+def gate_mlp_backward_op(dy: Tensor, x: Tensor, ha: Tensor, pre: Tensor, w1: Tensor, b1: Optional[Tensor],
+                         w2: Optional[Tensor], b2: Optional[Tensor], pool: int, act: int, gate: int, need_x: bool,
+                         need_params: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The folded MLP gate's backward (3 launches, no other op): gradients for x, w1, b1, w2, b2,
+    each in its own dtype (an empty tensor where not asked for, or for an absent parameter).
+    ``ha``, ``pre``: :func:`gate_mlp_forward_op`'s; x in a served layout, dy in any strides."""
+    kw1, kb1, kw2, kb2 = kernel_mlp_params(x, w1, b1, w2, b2)
+    with _device_guard(x):
+        dx, grads = gate_launch.gate_mlp_backward(dy, x, ha, pre if pre.numel() else None, kw1, kb1, kw2, kb2,
+                                                  ChannelMLP(pool, w2 is not None), act, gate, need_x, need_params)
+    dw1, db1, dw2, db2 = grads if grads is not None else (None,) * 4
+    # a bias the caller did not give was zero-filled for the kernels: it gets no gradient
+    db1 = db1 if b1 is not None else None
+    db2 = db2 if b2 is not None else None
+    return tuple(ha.new_empty(0) if t is None else t for t in (dx, dw1, db1, dw2, db2))
+
+
+@gate_mlp_backward_op.register_fake
+def _(dy, x, ha, pre, w1, b1, w2, b2, pool, act, gate, need_x, need_params):
+    def like(p):
+        return torch.empty(p.shape, dtype=p.dtype, device=p.device) if need_params and p is not None \
+            else ha.new_empty(0)
+
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_format(x)) if need_x \
+        else ha.new_empty(0)
+    return (dx, like(w1), like(b1), like(w2), like(b2))
 
 
 @torch.library.custom_op("cbam_fast::gate_bwd_dx", mutates_args=())
@@ -192,8 +227,7 @@ class _Opts:
     it); gate: the gate's name; pure: the tiny step updates no state (it may be recomputed);
     in_acc: it takes the pools in the accumulation dtype (cbam_fast's own steps) rather than x's
     (a caller's callable); folded: ``(pool, act, gate)`` codes when the tiny step is the plain MLP
-    folded into the kernels (the forward then records no graph: the backward recomputes it from
-    the pools, which its first pass computes again)."""
+    folded into the kernels (no graph recorded: the backward's kernels differentiate it)."""
 
     axis: int
     need_max: bool
@@ -215,11 +249,11 @@ class _PooledGate(torch.autograd.Function):
         served, _, _ = prepare_input(x)
         ctx.opts, ctx.params = opts, params
         if opts.folded is not None:
-            y = torch.ops.cbam_fast.gate_mlp_forward(served, *params, *opts.folded)
-            # the parameters saved too: the backward recomputes the MLP from them, so an in-place
-            # change between forward and backward must fail (autograd's version check) rather
-            # than give other gradients
-            ctx.save_for_backward(x, served if served is not x else None, None, None, *params)
+            y, ha, pre = torch.ops.cbam_fast.gate_mlp_forward(served, *params, *opts.folded)
+            # the parameters saved too: the backward reads them again, so an in-place change
+            # between forward and backward must fail (autograd's version check) rather than
+            # give other gradients. ha, pre: [N, hidden] values, the MLP's hidden state
+            ctx.save_for_backward(x, served if served is not x else None, ha, pre, *params)
             ctx.graph = None
             return y
         v, idx = torch.ops.cbam_fast.gate_pool(served, opts.axis, opts.need_max)
@@ -243,13 +277,14 @@ class _PooledGate(torch.autograd.Function):
             dy = dy.contiguous(memory_format=output_format(served))
         need = ctx.needs_input_grad
         params = [p for p in ctx.params]
-        if ctx.graph is None:  # the folded MLP: the pools again, and the tiny step's graph from them
-            dg, v, idx = torch.ops.cbam_fast.gate_bwd_reduce(dy, served, opts.axis, 2 if opts.need_max else 1)
-            g, mean, mx = _tiny_graph(opts, v, dg.dtype, params)
-            g_acc = g.detach().contiguous()
-        else:
-            dg, _, _ = torch.ops.cbam_fast.gate_bwd_reduce(dy, served, opts.axis, 0)
-            g, mean, mx = ctx.graph
+        if ctx.graph is None:  # the folded MLP: its whole backward in the kernels
+            ha, pre = g_acc, idx
+            grads = torch.ops.cbam_fast.gate_mlp_backward(dy, served, ha, pre, *params, *opts.folded, need[1],
+                                                          any(need[2:]))
+            return (None, *(t if n and p is not None else None
+                            for t, n, p in zip(grads, need[1:], (x, *params))))
+        dg, _, _ = torch.ops.cbam_fast.gate_bwd_reduce(dy, served, opts.axis, 0)
+        g, mean, mx = ctx.graph
         want = [i for i, p in enumerate(params) if p is not None and need[2 + i]]
         pools = [mean] + ([mx] if mx is not None else [])
         inputs = pools + [params[i] for i in want]

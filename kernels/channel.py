@@ -28,11 +28,11 @@ from .common import nan_max, running_max, sample_major, sigmoid, sum_rows, ticke
 # compile); p_per_split is, as it is always a multiple of the tile: one divisibility class
 @triton.jit(do_not_specialize=["n_splits", "cnt_b"])
 def channel_pool_kernel(
-    X, PSUM, PMAX, W1, B1, PRE, HA, CNT,
+    X, PSUM, PMAX, W1, B1, PRE, HA, PREACT, CNT,
     C, P, HID, p_per_split, n_splits, cnt_b,
     s_n, s_c, s_p,
     LAYOUT: tl.constexpr, POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
+    STORE_PRE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_CB: tl.constexpr, NUM_STAGES: tl.constexpr, REVERSE: tl.constexpr, ONE_TILE: tl.constexpr,
 ):
     """Forward pass 1: channel pooling over H*W and the MLP's first layer. Grid
@@ -51,7 +51,9 @@ def channel_pool_kernel(
     4. the last channel block of sample n (a ticket on ``CNT[cnt_b + n]``) sums the partial
        products over the blocks in a fixed order and writes, with TWO_LAYER, the summed hidden
        activation ``HA[n] = act(pre_avg + b1) + act(pre_max + b1)`` (``[N, HID]``; ``act`` ReLU, or
-       SiLU for ACT 1; the second layer is linear, so the branches are summed before it), else the
+       SiLU for ACT 1; the second layer is linear, so the branches are summed before it; with
+       STORE_PRE also the branches' pre-activations ``PREACT[n]`` ``[2, HID]``, which the fused
+       channel gate's backward takes through the activation), else the
        gate's pre-activation
        ``HA[n] = (W1 avg + b1) + (W1 max + b1)`` (``[N, C]``, HID == C). POOL 1 and 2 have one
        branch. Parameters in their own dtype, upcast after loading.
@@ -129,6 +131,9 @@ def channel_pool_kernel(
                     b1 = tl.load(B1 + o_h, mask=m_h, other=0.0).to(acc_ty)
                     pre0 += b1
                     pre1 += b1
+                if STORE_PRE:
+                    tl.store(PREACT + n * 2 * HID + o_h, pre0, mask=m_h)
+                    tl.store(PREACT + n * 2 * HID + HID + o_h, pre1, mask=m_h)
                 if TWO_LAYER:
                     if ACT == 0:  # ReLU keeping NaN, as torch.relu
                         pre0 = tl.where(pre0 < 0.0, 0.0, pre0)

@@ -8,12 +8,14 @@ A call of the channel gate or the spatial gate is four launches, around a tiny s
   x * g``); or, for the channel gate with a plain MLP, :func:`plan_mlp_forward`: the tiny step
   folded into the two launches (CBAM's channel pooling pass, then the scale pass with the
   MLP's second layer and the gate), nothing between them;
-* backward: :func:`plan_bwd_reduce` (``dg = sum_r dy * x``; for the folded MLP also the pools
-  again) -> the tiny step's backward -> :func:`plan_bwd_dx`.
+* backward: :func:`plan_bwd_reduce` (``dg = sum_r dy * x``) -> the tiny step's backward ->
+  :func:`plan_bwd_dx`; or, for the folded MLP, :func:`plan_mlp_backward`: the reduce pass with the
+  MLP's backward in it, the parameter gradients, dx: 3 launches and nothing between them.
 
 x is read twice in the forward (once from L2 where it fits: the two passes walk the batch in
 opposite directions, ``ORDER``) and once in the backward; dy twice. Nothing full-size is saved
-for the backward besides x: the gate ``g`` ``[N, K]`` and the argmax ``[N, K]`` int32.
+for the backward besides x: the gate ``g`` ``[N, K]`` and the argmax ``[N, K]`` int32 (the folded
+MLP: its hidden vector and pre-activations, ``[N, 3, HID]``; the pools are computed again).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import triton
 
 from .gate import gate_bwd_dx_kernel, gate_reduce_kernel, gate_scale_kernel
 from .launch import GRID_X_MAX, MAX_CHANNELS, MAX_POSITIONS, MLP_BLOCK_H2, NUM_STAGES, ChannelMLP, _counters, _empty
-from .launch import _pool_splits, _served_blocks, acc_dtype, blocks_for, check_launchable, launch_channel_pool
+from .launch import POOL_AVG, _pool_splits, _served_blocks, acc_dtype, blocks_for, check_launchable
+from .launch import launch_channel_pool, launch_param_grads
 from .launch import _memory_format, layout_of, pool_tile, prepare_input
 from .plan import Plan, Traffic, execute, sm_count
 
@@ -136,12 +139,16 @@ def _traffic(v: GateView, g: _Grid, es: int, loads: int, stores: int) -> Traffic
     return Traffic(S * (loads + stores), per_program, g.bk * g.br * es * loads)
 
 
-def _plan_reduce(x: torch.Tensor, dy, axis: int, pools: int) -> Plan:
+def _plan_reduce(x: torch.Tensor, dy, axis: int, pools: int, mlp=None) -> Plan:
     """One launch of ``gate_reduce_kernel``: forward pass 1 (``dy`` None: the pools only) or
     backward pass 1 (``dg = sum_r dy * x``, and with ``pools`` the pools again). env ``dg`` (None
     without dy), ``dy`` (as read: its own strides when H and W merge, else a copy in x's format),
     ``v`` ``[N, pools, K]`` (row 0 the mean over R, row 1 the max; None without pools) and ``idx``
-    ``[N, K]`` int32 (the max's first argmax; None below pools 2), in the acc dtype."""
+    ``[N, K]`` int32 (the max's first argmax; None below pools 2), in the acc dtype.
+
+    ``mlp`` (backward of the folded MLP, :func:`plan_mlp_backward`): ``(ha, pre, w2, b2, mlp,
+    act, gate_kind)``; then env ``g`` (the gate ``[N, C]``), ``v`` ``[N, 2, C]`` (the first layer's
+    inputs), ``da`` ``[N, C]``, ``dpre`` ``[N, 2, HID]`` instead of ``dg``."""
     v = gate_view(x, axis)
     dev, acc = x.device, acc_dtype(x.dtype)
     g = _grid(v, x.dtype, dev)
@@ -154,20 +161,38 @@ def _plan_reduce(x: torch.Tensor, dy, axis: int, pools: int) -> Plan:
     psum = _empty(parts if pools >= 1 else (1,), acc, dev)
     pmax = _empty(parts if pools == 2 else (1,), acc, dev)
     pidx = _empty(parts if pools == 2 else (1,), torch.int32, dev)
-    dg = _empty((v.N, v.K) if dy is not None else (1,), acc, dev)
-    out = _empty((v.N, pools, v.K) if pools else (1,), acc, dev)
+    dg = _empty((v.N, v.K) if dy is not None else (1,), acc, dev)  # with mlp: the gate
+    out = _empty((v.N, 2 if mlp is not None else pools, v.K) if pools else (1,), acc, dev)
     idx = _empty((v.N, v.K) if pools == 2 else (1,), torch.int32, dev)
     role, reads = ("gate_bwd_reduce", ("x", "dy")) if dy is not None else ("gate_pool", ("x",))
+    if mlp is not None:
+        ha, pre, w2, b2, opts, act, kind = mlp
+        HID = ha.shape[1]
+        da = _empty((v.N, v.K), acc, dev)
+        dhp = _empty((v.N, g.n_kb, HID) if opts.two_layer else (1,), acc, dev)
+        dpre = _empty((v.N, 2, HID), acc, dev)
+        mlp_args = (w2 if w2 is not None else ha, b2 if b2 is not None else ha, ha,
+                    pre if pre is not None else ha, da, dhp, dpre)
+        mlp_opts = dict(MLP=True, MLP_POOL=opts.pool, TWO_LAYER=opts.two_layer, HAS_BIAS=b2 is not None, ACT=act,
+                        GATE=kind, BLOCK_H=min(triton.next_power_of_2(HID), MLP_BLOCK_H2))
+        w2_bytes = v.N * v.K * HID * w2.element_size() if opts.two_layer else 0
+    else:
+        HID, mlp_args, w2_bytes = 1, (dg,) * 7, 0
+        mlp_opts = dict(MLP=False, MLP_POOL=0, TWO_LAYER=False, HAS_BIAS=False, ACT=0, GATE=0, BLOCK_H=1)
+    traffic = _traffic(v, g, x.element_size(), len(reads), 0)
     plan = Plan()
     plan.launch(role, gate_reduce_kernel, (g.programs(v.N),),
                 (x, dy if dy is not None else x, part, dg, psum, pmax, pidx, out, idx,
-                 _counters(dev, v.N * g.n_kb + 1), v.K, v.R, g.r_per_split, g.n_splits,
-                 v.s_n, v.s_k, v.s_r, d.s_n, d.s_k, d.s_r),
-                dict(X_LAYOUT=v.layout, DY_LAYOUT=d.layout, HAS_DY=dy is not None, POOLS=pools, BLOCK_K=g.bk,
-                     BLOCK_R=g.br, BLOCK_S=16, NUM_STAGES=NUM_STAGES, REVERSE=ORDER[role]),
-                num_warps=g.warps, reads=reads, traffic=_traffic(v, g, x.element_size(), len(reads), 0))
+                 _counters(dev, v.N * g.n_kb + v.N + 1), *mlp_args, v.K, v.R, g.r_per_split, g.n_splits, HID,
+                 v.N * g.n_kb, v.s_n, v.s_k, v.s_r, d.s_n, d.s_k, d.s_r),
+                dict(X_LAYOUT=v.layout, DY_LAYOUT=d.layout, HAS_DY=dy is not None, POOLS=pools, **mlp_opts,
+                     BLOCK_K=g.bk, BLOCK_R=g.br, BLOCK_S=16, NUM_STAGES=NUM_STAGES, REVERSE=ORDER[role]),
+                num_warps=g.warps, reads=reads,
+                traffic=Traffic(traffic.total + 2 * w2_bytes, traffic.loads_per_program, traffic.tile))
     plan.env.update(dg=dg if dy is not None else None, dy=dy, v=out if pools else None,
                     idx=idx if pools == 2 else None)
+    if mlp is not None:
+        plan.env.update(g=dg, dg=None, da=da, dpre=dpre)
     return plan
 
 
@@ -186,8 +211,8 @@ def plan_scale(x: torch.Tensor, gate: torch.Tensor, axis: int, plan: Plan | None
     """Forward pass 2: env ``y = x * gate`` (``gate`` ``[N, K]`` contiguous, acc dtype), in x's
     dtype and memory format. ``x`` as :func:`plan_pool` served it. ``fused`` (the channel gate
     with its MLP folded in, :func:`plan_mlp_forward`): ``(ha, w2, b2, mlp, gate_kind)``, the gate
-    computed in the kernel from the first pass's ``ha`` (``gate`` then receives the second
-    layer's pre-activation). Appends to ``plan`` when given."""
+    computed in the kernel from the first pass's ``ha`` (``gate`` is then unused: pass ``ha``).
+    Appends to ``plan`` when given."""
     v = gate_view(x, axis)
     dev = x.device
     es = x.element_size()
@@ -199,11 +224,8 @@ def plan_scale(x: torch.Tensor, gate: torch.Tensor, axis: int, plan: Plan | None
     else:
         ha, w2, b2, mlp, kind = fused
         HID, has_bias = ha.shape[1], b2 is not None
-        # every program forms its channels' gate from a [BLOCK_K, HID] slab of W2: each split of
-        # H*W re-reads it, so split only while a sample's slabs stay under a quarter of its x
-        w2_sample = v.K * HID * w2.element_size() if mlp.two_layer else 0
-        g = _grid(v, x.dtype, dev, max_splits=max(1, v.K * v.R * es // max(4 * w2_sample, 1)))
-        w2_bytes = g.bk * HID * w2.element_size() if mlp.two_layer else 0
+        # every program forms its channels' gate from a [BLOCK_K, HID] slab of W2
+        g, w2_bytes = _slab_grid(v, x.dtype, dev, w2 if mlp.two_layer else None, HID)
         w2 = w2 if w2 is not None else ha
         b2 = b2 if b2 is not None else ha
     y = _empty(x.shape, x.dtype, dev, _format_of(x))
@@ -228,7 +250,10 @@ def plan_mlp_forward(x: torch.Tensor, w1, b1, w2, b2, mlp: ChannelMLP, act: int,
     kernels/launch.py :func:`launch_channel_pool`, ``act`` ReLU or SiLU) and the scale pass
     (the second layer, the gate, ``y = x * g``). Parameters as CBAM's kernels take them:
     contiguous, each in its own dtype, the two biases both or neither; ``w2`` None: one layer
-    (``w1`` ``[C, C]``). env ``y`` and ``x`` (as served)."""
+    (``w1`` ``[C, C]``). env ``y``, ``x`` (as served) and what the backward needs
+    (:func:`plan_mlp_backward`), acc dtype: ``ha`` ``[N, HID]`` the summed hidden activation (one
+    layer: the gate's pre-activation ``[N, C]``) and ``pre`` ``[N, 2, HID]`` the branches'
+    pre-activations (None for one layer)."""
     check_launchable(x.shape, w1.shape[0], _served_blocks(x))
     check_gate_launchable(x.shape)
     x, layout, strides = prepare_input(x)
@@ -238,11 +263,24 @@ def plan_mlp_forward(x: torch.Tensor, w1, b1, w2, b2, mlp: ChannelMLP, act: int,
     pool_c, _ = pool_tile(blk, layout, N, C, P, sm_count(x.device), mlp.pool)
     cnt = _counters(x.device, N * triton.cdiv(C, pool_c) + N + 1)
     plan = Plan()
-    ha = launch_channel_pool(plan, x, layout, strides, w1, b1, mlp, blk, cnt, act)
-    a = _empty((N, C), acc_dtype(x.dtype), x.device)
-    plan_scale(x, a, AXIS_CHANNEL, plan, fused=(ha, w2, b2, mlp, gate_kind))
-    plan.env["x"] = x
+    # the two branches' pre-activations, which the backward takes through the activation
+    pre = _empty((N, 2, w1.shape[0]), acc_dtype(x.dtype), x.device) if mlp.two_layer else None
+    ha = launch_channel_pool(plan, x, layout, strides, w1, b1, mlp, blk, cnt, act, preact=pre)
+    plan_scale(x, ha, AXIS_CHANNEL, plan, fused=(ha, w2, b2, mlp, gate_kind))
+    plan.env.update(x=x, ha=ha, pre=pre)
     return plan
+
+
+def _slab_grid(v: GateView, dtype, device, w, HID: int):
+    """The grid of a pass whose every program reads a ``[BLOCK_K, HID]`` slab of the weight ``w``
+    (None: no slab) before its loop: each split of R re-reads it, so R is split only while a
+    sample's slabs stay under a quarter of its x. Returns (grid, slab bytes per program)."""
+    if w is None:
+        return _grid(v, dtype, device), 0
+    es = torch.empty((), dtype=dtype).element_size()
+    w_sample = v.K * HID * w.element_size()
+    g = _grid(v, dtype, device, max_splits=max(1, v.K * v.R * es // (4 * w_sample)))
+    return g, g.bk * HID * w.element_size()
 
 
 def _format_of(x: torch.Tensor):
@@ -265,26 +303,66 @@ def plan_bwd_reduce(dy: torch.Tensor, x: torch.Tensor, axis: int, pools: int = 0
     return _plan_reduce(x, dy, axis, pools)
 
 
-def plan_bwd_dx(dy: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, dmean: torch.Tensor, dmax, idx,
-                axis: int) -> Plan:
+def plan_bwd_dx(dy: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, dmean, dmax, idx,
+                axis: int, plan: Plan | None = None, mlp=None) -> Plan:
     """Backward pass 2: env ``dx`` (x's dtype and memory format) ``= dy * gate + dmean / R``
     ``+ dmax`` at the argmax ``idx`` (``dmax``, ``idx`` None: no max pool). ``dy`` as
-    :func:`plan_bwd_reduce` left it; ``gate``, ``dmean``, ``dmax`` ``[N, K]`` contiguous, acc dtype."""
+    :func:`plan_bwd_reduce` left it; ``gate``, ``dmean``, ``dmax`` ``[N, K]`` contiguous, acc dtype.
+    ``mlp`` (the folded MLP): ``(w1, dpre, opts)``, the pools' gradients formed in the kernel from
+    ``W1^T dpre`` (``dmean``, ``dmax`` then unused). Appends to ``plan`` when given."""
     v = gate_view(x, axis)
     dy, d = _dy_view(dy, x, axis)  # (the caller passes the dy plan_bwd_reduce left: no second copy)
     dev = x.device
-    g = _grid(v, x.dtype, dev)
+    if mlp is not None:
+        w1, dpre, opts = mlp
+        HID = w1.shape[0]
+        g, w1_bytes = _slab_grid(v, x.dtype, dev, w1, HID)  # a [HID, BLOCK_K] slab of W1 per program
+        dmean = dmax = gate
+    else:
+        w1 = dpre = gate
+        HID, opts, w1_bytes = 1, ChannelMLP(), 0
+        g = _grid(v, x.dtype, dev)
     dx = _empty(x.shape, x.dtype, dev, _format_of(x))
     w = gate_view(dx, axis)
-    plan = Plan()
+    plan = Plan() if plan is None else plan
+    es = x.element_size()
     plan.launch("gate_bwd_dx", gate_bwd_dx_kernel, (g.programs(v.N),),
                 (dy, dx, gate, dmean, dmax if dmax is not None else dmean, idx if idx is not None else gate,
-                 v.K, v.R, g.r_per_split,
+                 w1, dpre, v.K, v.R, g.r_per_split, HID,
                  d.s_n, d.s_k, d.s_r, w.s_n, w.s_k, w.s_r),
-                dict(X_LAYOUT=v.layout, DY_LAYOUT=d.layout, MAX=idx is not None, BLOCK_K=g.bk, BLOCK_R=g.br,
-                     NUM_STAGES=NUM_STAGES, REVERSE=ORDER["gate_bwd_dx"]),
-                num_warps=g.warps, reads=("dy",), writes=("dx",), traffic=_traffic(v, g, x.element_size(), 1, 1))
+                dict(X_LAYOUT=v.layout, DY_LAYOUT=d.layout, MAX=idx is not None, MLP=mlp is not None,
+                     MLP_POOL=opts.pool, BLOCK_K=g.bk, BLOCK_R=g.br,
+                     BLOCK_H=min(triton.next_power_of_2(HID), MLP_BLOCK_H2), NUM_STAGES=NUM_STAGES,
+                     REVERSE=ORDER["gate_bwd_dx"]),
+                num_warps=g.warps, reads=("dy",), writes=("dx",),
+                traffic=Traffic(2 * v.N * v.K * v.R * es + g.programs(v.N) * w1_bytes,
+                                g.bk * min(g.r_per_split, v.R) * es + w1_bytes, g.bk * g.br * es))
     plan.env["dx"] = dx
+    return plan
+
+
+def plan_mlp_backward(dy: torch.Tensor, x: torch.Tensor, ha, pre, w1, b1, w2, b2, mlp: ChannelMLP, act: int,
+                      gate_kind: int, need_x: bool, need_params: bool) -> Plan:
+    """The backward of the channel gate with its MLP folded in (:func:`plan_mlp_forward`), 3
+    launches and no other op: the reduce pass (``dg = sum dy * x``, the pools again, and the MLP's
+    backward per channel block and per sample: :func:`kernels.gate._mlp_backward_block`), the
+    parameter gradients (CBAM's ``channel_mlp_wgrad_kernel``, each summed over the batch in a fixed
+    order, written in its parameter's dtype; with ``need_params``) and dx (with ``need_x``).
+    ``ha``, ``pre``: the forward's env; parameters as the forward took them. env ``dx`` (or None),
+    ``mlp_grads`` ``(dw1, db1, dw2, db2)`` (None for an absent bias or layer; the whole None
+    without ``need_params``)."""
+    check_gate_launchable(x.shape)
+    need_max = mlp.pool != POOL_AVG
+    plan = _plan_reduce(x, dy, AXIS_CHANNEL, 2 if need_max else 1, mlp=(ha, pre, w2, b2, mlp, act, gate_kind))
+    env = plan.env
+    plan.env.update(dx=None, mlp_grads=None)
+    if need_params:
+        N, C, H, W = x.shape
+        blk = blocks_for(layout_of(x)[0], x.dtype, H * W)
+        plan.env["mlp_grads"], _ = launch_param_grads(plan, env["v"], env["da"], env["dpre"], ha, w1, b1, w2, b2,
+                                                      mlp, blk, True)
+    if need_x:
+        plan_bwd_dx(env["dy"], x, env["g"], None, None, env["idx"], AXIS_CHANNEL, plan, mlp=(w1, env["dpre"], mlp))
     return plan
 
 
@@ -304,8 +382,13 @@ def gate_bwd_reduce(dy, x, axis, pools=0):
 
 def gate_mlp_forward(x, w1, b1, w2, b2, mlp, act, gate_kind):
     env = execute(plan_mlp_forward(x, w1, b1, w2, b2, mlp, act, gate_kind))
-    return env["y"]
+    return env["y"], env["ha"], env["pre"]
 
 
 def gate_bwd_dx(dy, x, gate, dmean, dmax, idx, axis):
     return execute(plan_bwd_dx(dy, x, gate, dmean, dmax, idx, axis))["dx"]
+
+
+def gate_mlp_backward(dy, x, ha, pre, w1, b1, w2, b2, mlp, act, gate_kind, need_x, need_params):
+    env = execute(plan_mlp_backward(dy, x, ha, pre, w1, b1, w2, b2, mlp, act, gate_kind, need_x, need_params))
+    return env["dx"], env["mlp_grads"]

@@ -382,12 +382,13 @@ ACT_RELU, ACT_SILU = 0, 1
 
 
 def launch_channel_pool(plan: Plan, x, layout: int, strides, w1, b1, mlp: ChannelMLP, blk: Blocks, cnt,
-                        act: int = ACT_RELU) -> torch.Tensor:
+                        act: int = ACT_RELU, preact=None) -> torch.Tensor:
     """Plan ``channel_pool_kernel`` (forward pass 1 of CBAM, and of the fused channel gate) into
     ``plan``: the channel pools of x, the MLP's first layer per channel block and, per sample,
     the summed hidden activation (single layer: the gate's pre-activation). ``cnt``: the
     tickets' counters, ``N * NCB + N`` of them from its start (NCB: :func:`pool_tile`'s blocks).
-    Returns ``ha`` ``[N, HID]`` (acc dtype)."""
+    ``preact``: None, or an ``[N, 2, HID]`` acc-dtype tensor that receives the two branches'
+    pre-activations (bias included). Returns ``ha`` ``[N, HID]`` (acc dtype)."""
     s_n, s_c, s_p = strides
     N, C, H, W = x.shape
     P = H * W
@@ -408,10 +409,11 @@ def launch_channel_pool(plan: Plan, x, layout: int, strides, w1, b1, mlp: Channe
     block_h = min(triton.next_power_of_2(HID), MLP_BLOCK_H)
     pool_h = min(block_h, 4096 // pool_c)  # the [BLOCK_H, BLOCK_C] slab of W1: at most 16 values per thread
     plan.launch("channel_pool", channel_pool_kernel, (N * n_splits * n_cblocks,),
-                (x, psum, pmax, w1, b1 if has_bias else w1, pre, ha, cnt, C, P, HID, p_per_split, n_splits,
+                (x, psum, pmax, w1, b1 if has_bias else w1, pre, ha, preact if preact is not None else ha, cnt,
+                 C, P, HID, p_per_split, n_splits,
                  N * n_cblocks, s_n, s_c, s_p),
                 dict(LAYOUT=layout, POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias, ACT=act,
-                     BLOCK_C=pool_c, BLOCK_P=pool_p, BLOCK_S=32, BLOCK_H=pool_h,
+                     STORE_PRE=preact is not None, BLOCK_C=pool_c, BLOCK_P=pool_p, BLOCK_S=32, BLOCK_H=pool_h,
                      BLOCK_CB=32, NUM_STAGES=NUM_STAGES, REVERSE=ORDER["channel_pool"], ONE_TILE=pool_p >= P),
                 num_warps=blk.warps, reads=("x",),
                 traffic=Traffic(S + N * HID * C * ws, pool_c * min(p_per_split, P) * es + HID * pool_c * ws,
@@ -642,33 +644,11 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
                                         c_per_split=c_per_split))
 
     # pass 3: every parameter gradient, summed over the batch in a fixed order
-    need_params = need_mlp or need_conv
-    if need_params:
-        dw1 = _empty((HID, C), w1.dtype, dev) if need_mlp else None
-        db1 = _empty((HID,), b1.dtype, dev) if need_mlp and has_bias else None
-        dw2 = _empty((C, HID), w2.dtype, dev) if need_mlp and mlp.two_layer else None
-        db2 = _empty((C,), (b2 if b2 is not None else b1).dtype, dev) if need_mlp and has_bias and mlp.two_layer else None
-        w_dt, b_dt = conv_grad_dtypes or (wc.dtype, None)
-        dwc = _empty((wc.numel(),), w_dt, dev) if need_conv else None
-        dbc = _empty((1,), b_dt, dev) if need_conv and b_dt is not None else None
-        n_htiles = triton.cdiv(HID, blk.mlp_h) if need_mlp else 0
-        n_ctiles = triton.cdiv(C, blk.mlp_c) if need_mlp else 1
-        some = dw1 if dw1 is not None else dwc
-        plan.launch("param_grads", channel_mlp_wgrad_kernel, (n_htiles + int(need_conv), n_ctiles),
-                    (vscr, da, dpre, hs, *(t if t is not None else some for t in (dw1, db1, dw2, db2)), pdwn,
-                     dwc if dwc is not None else some, dbc if dbc is not None else some, N, C, HID, n_htiles),
-                    dict(**mlp_opts, HAS_MLP=need_mlp, HAS_CONV=need_conv, HAS_CONV_BIAS=dbc is not None, KSIZE=K,
-                         CONV_FORM=conv_form,
-                         BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, BLOCK_R=triton.next_power_of_2(NR), BLOCK_N=16,
-                         **stages),
-                    num_warps=blk.mlp_warps,
-                    traffic=Traffic(4 * N * (4 * C + 3 * HID) + 4 * 2 * HID * C,
-                                    4 * N * 2 * (2 * blk.mlp_h + 2 * blk.mlp_c), 4 * 2 * (2 * blk.mlp_h + 2 * blk.mlp_c),
-                                    "l2"))
-        if need_mlp:
-            plan.env["mlp_grads"] = (dw1, db1, dw2, db2)
-        if need_conv:
-            plan.env["conv_grads"] = (dwc, dbc)
+    if need_mlp or need_conv:
+        conv = (pdwn, wc, conv_grad_dtypes or (wc.dtype, None)) if need_conv else None
+        mlp_grads, conv_grads = launch_param_grads(plan, vscr, da, dpre, hs, w1, b1, w2, b2, mlp, blk, need_mlp,
+                                                   conv, K, conv_form)
+        plan.env.update(mlp_grads=mlp_grads, conv_grads=conv_grads)
 
     if need_x:
         dx = _empty(x.shape, x.dtype, dev, _memory_format(layout))
@@ -684,6 +664,48 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
                                             c_per_split=c_per_split))
         plan.env["dx"] = dx
     return plan
+
+
+def launch_param_grads(plan: Plan, vscr, da, dpre, hs, w1, b1, w2, b2, mlp: ChannelMLP, blk: Blocks,
+                       need_mlp: bool, conv=None, ksize: int = 1, conv_form: int = CONV_MAX_MEAN):
+    """Plan ``channel_mlp_wgrad_kernel`` (CBAM's backward pass 3, and the fused channel gate's
+    parameter gradients) into ``plan``: from the per-sample rows ``vscr`` ``[N, 2, C]`` (the first
+    layer's inputs), ``da`` ``[N, C]`` (dL/d gate pre-activation), ``dpre`` ``[N, 2, HID]``
+    (dL/d first-layer output per branch), ``hs`` ``[N, HID]`` (the summed hidden activation), the
+    MLP's gradients (``need_mlp``) and, with ``conv`` ``(pdwn, wc, (weight dtype, bias dtype or
+    None))``, the ``ksize`` conv's (weight layout ``conv_form``); each summed over the batch in a fixed order and written in
+    its parameter's dtype (b2: ``b2``'s, else b1's). Returns ``((dw1, db1, dw2, db2) or None,
+    (dwc, dbc) or None)``."""
+    N, C = da.shape
+    HID = w1.shape[0]
+    dev = da.device
+    has_bias = b1 is not None
+    need_conv = conv is not None
+    dw1 = _empty((HID, C), w1.dtype, dev) if need_mlp else None
+    db1 = _empty((HID,), b1.dtype, dev) if need_mlp and has_bias else None
+    dw2 = _empty((C, HID), w2.dtype, dev) if need_mlp and mlp.two_layer else None
+    db2 = _empty((C,), (b2 if b2 is not None else b1).dtype, dev) if need_mlp and has_bias and mlp.two_layer else None
+    pdwn, wc, (w_dt, b_dt) = conv if need_conv else (None, None, (None, None))
+    K = ksize
+    dwc = _empty((wc.numel(),), w_dt, dev) if need_conv else None
+    dbc = _empty((1,), b_dt, dev) if need_conv and b_dt is not None else None
+    NR = 2 * K * K + 1
+    n_htiles = triton.cdiv(HID, blk.mlp_h) if need_mlp else 0
+    n_ctiles = triton.cdiv(C, blk.mlp_c) if need_mlp else 1
+    some = dw1 if dw1 is not None else dwc
+    plan.launch("param_grads", channel_mlp_wgrad_kernel, (n_htiles + int(need_conv), n_ctiles),
+                (vscr, da, dpre, hs, *(t if t is not None else some for t in (dw1, db1, dw2, db2)),
+                 pdwn if need_conv else vscr, dwc if dwc is not None else some, dbc if dbc is not None else some,
+                 N, C, HID, n_htiles),
+                dict(POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias, HAS_MLP=need_mlp, HAS_CONV=need_conv,
+                     HAS_CONV_BIAS=dbc is not None, KSIZE=K, CONV_FORM=conv_form,
+                     BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, BLOCK_R=triton.next_power_of_2(NR), BLOCK_N=16,
+                     NUM_STAGES=NUM_STAGES),
+                num_warps=blk.mlp_warps,
+                traffic=Traffic(4 * N * (4 * C + 3 * HID) + 4 * 2 * HID * C,
+                                4 * N * 2 * (2 * blk.mlp_h + 2 * blk.mlp_c), 4 * 2 * (2 * blk.mlp_h + 2 * blk.mlp_c),
+                                "l2"))
+    return ((dw1, db1, dw2, db2) if need_mlp else None), ((dwc, dbc) if need_conv else None)
 
 
 def cbam_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: bool, need_conv: bool,

@@ -40,27 +40,63 @@ def _stream_program(n_pb, n_csplits, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def second_layer(W2, B2, HA, n, o_c, m_c, HID, acc_ty: tl.constexpr,
+                 POOL: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The MLP's second layer for channels o_c of sample n, ``W2[o_c] @ HA[n] + b2`` (twice b2 for
+    POOL 0: MLP(avg) + MLP(max)), from one ``[len(o_c), HID]`` slab of W2; 0 on masked channels."""
+    a = tl.zeros(o_c.shape, dtype=acc_ty)
+    for h0 in range(0, HID, BLOCK_H):
+        o_h = h0 + tl.arange(0, BLOCK_H)
+        m_h = o_h < HID
+        w = tl.load(W2 + o_c.to(tl.int64)[:, None] * HID + o_h[None, :], mask=m_c[:, None] & m_h[None, :],
+                    other=0.0).to(acc_ty)
+        hv = tl.load(HA + n * HID + o_h, mask=m_h, other=0.0)
+        a += tl.sum(w * hv[None, :], axis=1)
+    if HAS_BIAS:
+        b2 = tl.load(B2 + o_c, mask=m_c, other=0.0).to(acc_ty)
+        a += b2
+        if POOL == 0:
+            a += b2
+    return tl.where(m_c, a, 0.0)  # masked channels: 0 * an infinite hidden unit is NaN
+
+
+@triton.jit
+def pool_grads(W1, DPRE, n, o_c, m_c, C, HID, acc_ty: tl.constexpr, POOL: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The gradients of sample n's pooled vectors at channels o_c through the MLP's first layer,
+    ``dv_j = W1[:, o_c]^T DPRE[n, j]`` (one ``[HID, len(o_c)]`` slab of W1; DPRE ``[N, 2, HID]``):
+    ``(d avg, d max)`` -- POOL 0 (dv_0, dv_1), 1 (dv_0, 0), 2 (the light pool avg/2 + max/2):
+    (dv_0 / 2, dv_0 / 2). d avg is the mean's gradient, not yet divided by the pooled count."""
+    d_v0 = tl.zeros(o_c.shape, dtype=acc_ty)
+    d_v1 = tl.zeros(o_c.shape, dtype=acc_ty)
+    for h0 in range(0, HID, BLOCK_H):
+        o_h = h0 + tl.arange(0, BLOCK_H)
+        m_h = o_h < HID
+        w1 = tl.load(W1 + o_h.to(tl.int64)[:, None] * C + o_c[None, :], mask=m_h[:, None] & m_c[None, :],
+                     other=0.0).to(acc_ty)
+        d_v0 += tl.sum(w1 * tl.load(DPRE + (n * 2) * HID + o_h, mask=m_h, other=0.0)[:, None], axis=0)
+        if POOL == 0:
+            d_v1 += tl.sum(w1 * tl.load(DPRE + (n * 2 + 1) * HID + o_h, mask=m_h, other=0.0)[:, None], axis=0)
+    if POOL == 0:
+        d_avg = d_v0
+        d_max = d_v1
+    elif POOL == 1:
+        d_avg = d_v0
+        d_max = tl.zeros(o_c.shape, dtype=acc_ty)
+    else:
+        d_avg = 0.5 * d_v0
+        d_max = 0.5 * d_v0
+    return d_avg, d_max
+
+
+@triton.jit
 def _channel_gate(W2, B2, HA, A, n, o_c, m_c, C, HID,
                   POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr):
     """The channel gate's pre-activation for channels o_c of sample n: with TWO_LAYER the MLP's
-    second layer ``a = W2[o_c] @ HA[n] + b2`` (twice b2 for POOL 0: MLP(avg) + MLP(max)),
-    stored to ``A``; else ``A[n, o_c]`` itself (written by the first pass)."""
+    second layer (:func:`second_layer`), stored to ``A``; else ``A[n, o_c]`` itself (written by
+    the first pass)."""
     acc_ty = A.dtype.element_ty
     if TWO_LAYER:
-        a = tl.zeros(o_c.shape, dtype=acc_ty)
-        for h0 in range(0, HID, BLOCK_H):
-            o_h = h0 + tl.arange(0, BLOCK_H)
-            m_h = o_h < HID
-            w = tl.load(W2 + o_c.to(tl.int64)[:, None] * HID + o_h[None, :], mask=m_c[:, None] & m_h[None, :],
-                        other=0.0).to(acc_ty)
-            hv = tl.load(HA + n * HID + o_h, mask=m_h, other=0.0)
-            a += tl.sum(w * hv[None, :], axis=1)
-        if HAS_BIAS:
-            b2 = tl.load(B2 + o_c, mask=m_c, other=0.0).to(acc_ty)
-            a += b2
-            if POOL == 0:
-                a += b2
-        a = tl.where(m_c, a, 0.0)  # masked channels: 0 * an infinite hidden unit is NaN
+        a = second_layer(W2, B2, HA, n, o_c, m_c, HID, acc_ty, POOL, HAS_BIAS, BLOCK_H)
         tl.store(A + n * C + o_c, a, mask=m_c)
     else:
         a = tl.load(A + n * C + o_c, mask=m_c, other=0.0)
@@ -665,25 +701,7 @@ def bwd_dx_kernel(
     for c0 in range(c_start, c_end, BLOCK_C):
         o_c = c0 + tl.arange(0, BLOCK_C)
         m_c = o_c < c_end
-        d_v0 = tl.zeros([BLOCK_C], dtype=acc_ty)
-        d_v1 = tl.zeros([BLOCK_C], dtype=acc_ty)
-        for h0 in range(0, HID, BLOCK_H):
-            o_h = h0 + tl.arange(0, BLOCK_H)
-            m_h = o_h < HID
-            w1 = tl.load(W1 + o_h.to(tl.int64)[:, None] * C + o_c[None, :], mask=m_h[:, None] & m_c[None, :],
-                         other=0.0).to(acc_ty)
-            d_v0 += tl.sum(w1 * tl.load(DPRE + (n * 2) * HID + o_h, mask=m_h, other=0.0)[:, None], axis=0)
-            if POOL == 0:
-                d_v1 += tl.sum(w1 * tl.load(DPRE + (n * 2 + 1) * HID + o_h, mask=m_h, other=0.0)[:, None], axis=0)
-        if POOL == 0:
-            d_avg = d_v0
-            d_max = d_v1
-        elif POOL == 1:
-            d_avg = d_v0
-            d_max = tl.zeros([BLOCK_C], dtype=acc_ty)
-        else:
-            d_avg = 0.5 * d_v0
-            d_max = 0.5 * d_v0
+        d_avg, d_max = pool_grads(W1, DPRE, n, o_c, m_c, C, HID, acc_ty, POOL, BLOCK_H)
         tl.store(DV + (n * 2) * C + o_c, d_avg / P, mask=m_c)
         tl.store(DV + (n * 2 + 1) * C + o_c, d_max, mask=m_c)
     tl.debug_barrier()  # this program's rows of DV, read back by other threads

@@ -25,6 +25,8 @@ CH_CONFIGS = {  # pool, act, gate, two layers, biases
     "light-relu-hard_sigmoid": ("light", "relu", "hard_sigmoid", True, True),
     "avg-single-hard_sigmoid": ("avg", "relu", "hard_sigmoid", False, True),
     "light-single-sigmoid-nobias": ("light", "relu", "sigmoid", False, False),
+    "avg_max-relu-sigmoid": ("avg_max", "relu", "sigmoid", True, True),  # CBAM's: b2 counted twice
+    "avg_max-single-sigmoid": ("avg_max", "relu", "sigmoid", False, True),
 }
 
 
@@ -165,23 +167,90 @@ def test_callable_with_unlisted_tensor_is_refused(triton_backend, device):  # (t
 def test_launches_of_a_call(triton_backend, device):
     """The plain MLP (SE): forward two full-size passes (CBAM's channel pooling with the MLP's first
     layer, the scale pass with the second layer and the gate), x read twice and y written once;
-    backward two (the reduce reads x and dy and pools x again, dx reads dy and writes dx). A
-    callable excitation: the gate pool pass, the callable, the scale pass."""
+    backward three (the reduce reads x and dy, pools x again and runs the MLP's backward; the
+    parameter gradients; dx reads dy and writes dx), no ATen op. A callable excitation: the gate
+    pool pass, the callable, the scale pass."""
     x = torch.randn(2, 12, 5, 7, device=device, requires_grad=True)
     w1, b1, w2, b2 = [p.to(device).detach().requires_grad_() if p is not None else None for p in _ch_params(12, True, True)]
     with plan.recording(dry=False) as rec:
         y = cbam_fast.channel_attention(x, w1, b1, w2, b2, pool="avg_max")
     assert [r.launch.role for r in rec] == ["channel_pool", "gate_scale"]
     assert [r.launch.reads for r in rec] == [("x",), ("x",)] and rec[1].launch.writes == ("y",)
+    dy = torch.randn_like(y)
     with plan.recording(dry=False) as rec:
-        y.backward(torch.randn_like(y))
-    assert [r.launch.role for r in rec] == ["gate_bwd_reduce", "gate_bwd_dx"]
-    assert rec[0].launch.reads == ("x", "dy") and rec[1].launch.writes == ("dx",)
+        y.backward(dy)
+    assert [r.launch.role for r in rec] == ["gate_bwd_reduce", "param_grads", "gate_bwd_dx"]
+    assert rec[0].launch.reads == ("x", "dy") and rec[2].launch.writes == ("dx",)
     assert rec[0].launch.constexprs["POOLS"] == 2  # the pools again: the forward kept none
+    assert rec[0].launch.constexprs["MLP"] and rec[2].launch.constexprs["MLP"]
+    # only x's gradient wanted: no parameter-gradient launch
+    xx = x.detach().requires_grad_()
+    y = cbam_fast.channel_attention(xx, *(p.detach() for p in (w1, b1, w2, b2)), pool="avg_max")
+    with plan.recording(dry=False) as rec:
+        y.backward(dy)
+    assert [r.launch.role for r in rec] == ["gate_bwd_reduce", "gate_bwd_dx"]
     conv = nn.Conv1d(1, 1, 3, padding=1, bias=False).to(device)
     with plan.recording(dry=False) as rec:
         cbam_fast.channel_attention(x, excite=lambda v: conv(v[:, None]).squeeze(1), params=list(conv.parameters()))
     assert [r.launch.role for r in rec] == ["gate_pool", "gate_scale"]
+
+
+@pytest.mark.parametrize("pool,act,gate", [("avg_max", "relu", "sigmoid"), ("light", "silu", "hard_sigmoid"),
+                                           ("avg", "relu", "hard_sigmoid")])
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_folded_mlp_over_blocks_splits_and_hidden_chunks(triton_backend, device, pool, act, gate, fmt):
+    """The folded MLP's backward where its merges are real: several channel blocks per sample (the
+    per-sample ticket sums the hidden gradient over them), H*W split across programs (planned for
+    a 132-SM GPU), a hidden width over one BLOCK_H chunk; fp64, so any wrong term shows."""
+    C = 40 if fmt == "nchw" else 160
+    torch.manual_seed(11)
+    x = _distinct_rows((2, C, 20, 20), torch.float64, device, FORMATS[fmt], "channel")
+    ps = [p.detach().to(device, torch.float64).requires_grad_() for p in _ch_params(C, True, True, hidden=40)]
+    xs = x.detach().clone().requires_grad_()
+    with plan.recording(dry=False, sm_count=132) as rec:
+        y = cbam_fast.channel_attention(xs, *ps, pool=pool, act=act, gate=gate)
+        dy = torch.randn_like(y)
+        got = torch.autograd.grad(y, [xs, *ps], dy)
+    reduce = next(r.launch for r in rec if r.launch.role == "gate_bwd_reduce")
+    dx_pass = next(r.launch for r in rec if r.launch.role == "gate_bwd_dx")
+    n_kb = -(-C // reduce.constexprs["BLOCK_K"])
+    assert n_kb > 1 and reduce.programs > 2 * n_kb and dx_pass.programs > 2 * n_kb, (n_kb, reduce.programs)
+    assert reduce.constexprs["BLOCK_H"] < 40
+    xr = x.detach().clone().requires_grad_()
+    yr = reference.channel_attention(xr, *ps, pool=pool, act=act, gate=gate)
+    want = torch.autograd.grad(yr, [xr, *ps], dy)
+    torch.testing.assert_close(y, yr, rtol=1e-12, atol=1e-12)
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=lambda m: f"grad {i}: {m}")
+
+
+@pytest.mark.parametrize("pool", ["avg_max", "light"])
+def test_folded_mlp_dead_relu_and_gate_edges(triton_backend, device, pool):
+    """Hidden units whose pre-activation is exactly 0 (zeroed fc1 rows, no bias: dead ReLUs) get
+    no gradient through the ReLU, as torch's threshold_backward; the hard-sigmoid gate's slope is
+    1/6 strictly inside (-3, 3) and 0 outside (pre-activations pushed far out by fc2's bias)."""
+    C, hid = 12, 6
+    x = _distinct_rows((2, C, 5, 7), torch.float32, device, torch.contiguous_format, "channel")
+    w1, _, w2, _ = [p.detach().to(device) if p is not None else None for p in _ch_params(C, True, True, hidden=hid)]
+    dead = [1, 4]
+    w1[dead] = 0.0
+    b2 = torch.zeros(C, device=device)
+    b2[:3] = 30.0  # saturated: gate 1, slope 0
+    b2[3:5] = -30.0  # saturated: gate 0, slope 0
+    b1 = torch.zeros(hid, device=device)
+    for gate in ("sigmoid", "hard_sigmoid"):
+        ps = [t.clone().requires_grad_() for t in (w1, b1, w2, b2)]
+        pr = [t.clone().requires_grad_() for t in (w1, b1, w2, b2)]
+        xs, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+        dy = torch.randn(x.shape, device=device)
+        got = torch.autograd.grad(cbam_fast.channel_attention(xs, *ps, pool=pool, gate=gate), [xs, *ps], dy)
+        want = torch.autograd.grad(reference.channel_attention(xr, *pr, pool=pool, gate=gate), [xr, *pr], dy)
+        assert torch.all(got[1][dead] == 0) and torch.all(want[1][dead] == 0), "a dead ReLU let a gradient through"
+        assert torch.all(got[2][dead] == 0)
+        if gate == "hard_sigmoid":
+            assert torch.all(got[4][:5] == 0), got[4][:5]  # no slope outside (-3, 3)
+        for i, (a, b) in enumerate(zip(got, want)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{gate} grad {i}: {m}")
 
 
 @pytest.mark.parametrize("axis", ["channel", "spatial"])
@@ -427,3 +496,47 @@ def test_no_spatial_with_a_channel_pool_keyword_and_dropout_purity(triton_backen
     x = torch.randn(2, 8, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
     with pytest.raises(RuntimeError, match="updates state"):
         torch.autograd.grad(cbam_fast.channel_attention(x, excite=excite).sum(), x, create_graph=True)
+
+
+MEMORY_BLOCKS = ("se", "se-avg_max", "se-single", "spatial")
+
+
+@pytest.mark.parametrize("block", MEMORY_BLOCKS)
+@pytest.mark.parametrize("chw", [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_memory_kept_for_backward(triton_backend, device, chw, block):
+    """Beyond x and the parameters, a gate's backward keeps < 5% of |x| (bf16 input, the tightest
+    case), at the ResNet-50 stages: every tensor saved anywhere in the call's graph (the gate's
+    own node and the ops of a tiny step recorded inside it, through saved-tensor hooks) and the
+    tiny step's graph the node holds, each storage counted once."""
+    C, H, W = chw
+    torch.manual_seed(0)
+    x = torch.randn(1, C, H, W, device=device, dtype=torch.bfloat16).requires_grad_()
+    if block == "spatial":
+        params = [(torch.randn(1, 2, 7, 7, device=device) * 0.1).requires_grad_(),
+                  torch.zeros(1, device=device, requires_grad=True)]
+    else:
+        hid = C if block == "se-single" else C // 16
+        params = [(torch.randn(hid, C, device=device) / math.sqrt(C)).requires_grad_(),
+                  torch.zeros(hid, device=device, requires_grad=True)]
+        params += [(torch.randn(C, hid, device=device) / math.sqrt(hid)).requires_grad_(),
+                   torch.zeros(C, device=device, requires_grad=True)] if block != "se-single" else [None, None]
+    held = {x.untyped_storage().data_ptr()} | {p.untyped_storage().data_ptr() for p in params if p is not None}
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        if block == "spatial":
+            y = cbam_fast.spatial_attention(x, *params)
+        else:
+            y = cbam_fast.channel_attention(x, *params, pool="avg_max" if block == "se-avg_max" else "avg")
+    for t in getattr(y.grad_fn, "graph", None) or ():
+        if isinstance(t, torch.Tensor):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    assert x.untyped_storage().data_ptr() in saved  # x itself is what the backward reads
+    extra = sum(n for p, n in saved.items() if p not in held)
+    x_bytes = x.numel() * x.element_size()
+    assert extra <= 0.05 * x_bytes, f"{block}: {extra} bytes kept beyond x = {extra / x_bytes:.2%} of |x|"

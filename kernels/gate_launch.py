@@ -225,7 +225,7 @@ def plan_scale(x: torch.Tensor, gate: torch.Tensor, axis: int, plan: Plan | None
         ha, w2, b2, mlp, kind = fused
         HID, has_bias = ha.shape[1], b2 is not None
         # every program forms its channels' gate from a [BLOCK_K, HID] slab of W2
-        g, w2_bytes = _slab_grid(v, x.dtype, dev, w2 if mlp.two_layer else None, HID)
+        g, w2_bytes = _slab_grid(v, x.dtype, es, dev, w2 if mlp.two_layer else None, HID)
         w2 = w2 if w2 is not None else ha
         b2 = b2 if b2 is not None else ha
     y = _empty(x.shape, x.dtype, dev, _format_of(x))
@@ -271,13 +271,13 @@ def plan_mlp_forward(x: torch.Tensor, w1, b1, w2, b2, mlp: ChannelMLP, act: int,
     return plan
 
 
-def _slab_grid(v: GateView, dtype, device, w, HID: int):
+def _slab_grid(v: GateView, dtype, es: int, device, w, HID: int):
     """The grid of a pass whose every program reads a ``[BLOCK_K, HID]`` slab of the weight ``w``
     (None: no slab) before its loop: each split of R re-reads it, so R is split only while a
-    sample's slabs stay under a quarter of its x. Returns (grid, slab bytes per program)."""
+    sample's slabs stay under a quarter of its x (``es``: x's element size). Returns (grid, slab
+    bytes per program)."""
     if w is None:
         return _grid(v, dtype, device), 0
-    es = torch.empty((), dtype=dtype).element_size()
     w_sample = v.K * HID * w.element_size()
     g = _grid(v, dtype, device, max_splits=max(1, v.K * v.R * es // (4 * w_sample)))
     return g, g.bk * HID * w.element_size()
@@ -316,7 +316,7 @@ def plan_bwd_dx(dy: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, dmean, dm
     if mlp is not None:
         w1, dpre, opts = mlp
         HID = w1.shape[0]
-        g, w1_bytes = _slab_grid(v, x.dtype, dev, w1, HID)  # a [HID, BLOCK_K] slab of W1 per program
+        g, w1_bytes = _slab_grid(v, x.dtype, x.element_size(), dev, w1, HID)  # a [HID, BLOCK_K] slab of W1 per program
         dmean = dmax = gate
     else:
         w1 = dpre = gate

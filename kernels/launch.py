@@ -673,8 +673,8 @@ def launch_param_grads(plan: Plan, vscr, da, dpre, hs, w1, b1, w2, b2, mlp: Chan
     layer's inputs), ``da`` ``[N, C]`` (dL/d gate pre-activation), ``dpre`` ``[N, 2, HID]``
     (dL/d first-layer output per branch), ``hs`` ``[N, HID]`` (the summed hidden activation), the
     MLP's gradients (``need_mlp``) and, with ``conv`` ``(pdwn, wc, (weight dtype, bias dtype or
-    None))``, the ``ksize`` conv's (weight layout ``conv_form``); each summed over the batch in a fixed order and written in
-    its parameter's dtype (b2: ``b2``'s, else b1's). Returns ``((dw1, db1, dw2, db2) or None,
+    None))``, the ``ksize`` conv's (weight layout ``conv_form``); each summed over the batch in a
+    fixed order and written in its parameter's dtype (b2: ``b2``'s, else b1's). Returns ``((dw1, db1, dw2, db2) or None,
     (dwc, dbc) or None)``."""
     N, C = da.shape
     HID = w1.shape[0]
@@ -686,10 +686,9 @@ def launch_param_grads(plan: Plan, vscr, da, dpre, hs, w1, b1, w2, b2, mlp: Chan
     dw2 = _empty((C, HID), w2.dtype, dev) if need_mlp and mlp.two_layer else None
     db2 = _empty((C,), (b2 if b2 is not None else b1).dtype, dev) if need_mlp and has_bias and mlp.two_layer else None
     pdwn, wc, (w_dt, b_dt) = conv if need_conv else (None, None, (None, None))
-    K = ksize
     dwc = _empty((wc.numel(),), w_dt, dev) if need_conv else None
     dbc = _empty((1,), b_dt, dev) if need_conv and b_dt is not None else None
-    NR = 2 * K * K + 1
+    NR = 2 * ksize * ksize + 1
     n_htiles = triton.cdiv(HID, blk.mlp_h) if need_mlp else 0
     n_ctiles = triton.cdiv(C, blk.mlp_c) if need_mlp else 1
     some = dw1 if dw1 is not None else dwc
@@ -698,7 +697,7 @@ def launch_param_grads(plan: Plan, vscr, da, dpre, hs, w1, b1, w2, b2, mlp: Chan
                  pdwn if need_conv else vscr, dwc if dwc is not None else some, dbc if dbc is not None else some,
                  N, C, HID, n_htiles),
                 dict(POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias, HAS_MLP=need_mlp, HAS_CONV=need_conv,
-                     HAS_CONV_BIAS=dbc is not None, KSIZE=K, CONV_FORM=conv_form,
+                     HAS_CONV_BIAS=dbc is not None, KSIZE=ksize, CONV_FORM=conv_form,
                      BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, BLOCK_R=triton.next_power_of_2(NR), BLOCK_N=16,
                      NUM_STAGES=NUM_STAGES),
                 num_warps=blk.mlp_warps,

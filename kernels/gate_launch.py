@@ -26,7 +26,7 @@ import torch
 import triton
 
 from .gate import gate_bwd_dx_kernel, gate_reduce_kernel, gate_scale_kernel
-from .launch import GRID_X_MAX, MAX_CHANNELS, MAX_POSITIONS, MLP_BLOCK_H2, NUM_STAGES, ChannelMLP, _counters, _empty
+from .launch import GRID_X_MAX, MAX_CHANNELS, MAX_POSITIONS, MLP_BLOCK_H2, MLP_SLAB, NUM_STAGES, ChannelMLP, _counters, _empty
 from .launch import POOL_AVG, _pool_splits, _served_blocks, acc_dtype, blocks_for, check_launchable
 from .launch import launch_channel_pool, launch_param_grads
 from .launch import _memory_format, layout_of, pool_tile, prepare_input
@@ -174,7 +174,7 @@ def _plan_reduce(x: torch.Tensor, dy, axis: int, pools: int, mlp=None) -> Plan:
         mlp_args = (w2 if w2 is not None else ha, b2 if b2 is not None else ha, ha,
                     pre if pre is not None else ha, da, dhp, dpre)
         mlp_opts = dict(MLP=True, MLP_POOL=opts.pool, TWO_LAYER=opts.two_layer, HAS_BIAS=b2 is not None, ACT=act,
-                        GATE=kind, BLOCK_H=min(triton.next_power_of_2(HID), MLP_BLOCK_H2))
+                        GATE=kind, BLOCK_H=min(triton.next_power_of_2(HID), MLP_BLOCK_H2, max(1, MLP_SLAB // g.bk)))
         w2_bytes = v.N * v.K * HID * w2.element_size() if opts.two_layer else 0
     else:
         HID, mlp_args, w2_bytes = 1, (dg,) * 7, 0

@@ -315,8 +315,21 @@ def test_double_backward(bn_mode, path):
         g = torch.autograd.grad((y ** 2).sum(), leaves, create_graph=True)
         gg = torch.autograd.grad(sum((t * t).sum() for t in g), leaves)
         out.append((g, gg, bn.running_mean.clone(), bn.num_batches_tracked.clone()))
-    for a, b in zip(out[0][0] + out[0][1], out[1][0] + out[1][1], strict=True):
-        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-9, atol=1e-11)
+    # With batch statistics the BatchNorm subtracts the batch mean, so the conv bias (a constant
+    # shift of every position) has a gradient of exactly 0 at every order: both implementations
+    # hold rounding noise there, whose size follows the terms that cancel (the largest gradient of
+    # that order times fp64's eps), not a fixed atol. Those entries are checked against that
+    # analytic zero; every other entry against the reference as before.
+    bias_at = [i for i, t in enumerate(_leaves(x0, params, _bn(bn_mode, torch.float64))) if t is params["conv_bias"]]
+    eps = torch.finfo(torch.float64).eps
+    for order in (0, 1):
+        scale = max(float(t.detach().abs().max()) for t in out[1][order])
+        for i, (a, b) in enumerate(zip(out[0][order], out[1][order], strict=True)):
+            if bn_mode == "train" and i in bias_at:
+                for t in (a, b):
+                    assert float(t.detach().abs().max()) <= 16 * eps * scale, (order, float(t.abs().max()), scale)
+            else:
+                torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(out[0][2], out[1][2])
     assert out[0][3] == out[1][3] == (1 if bn_mode == "train" else 0)
 

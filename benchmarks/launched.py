@@ -13,8 +13,8 @@ report (``python -m benchmarks.plan``) both start here.
   specialised to 1 as constexprs, and the divisibility-by-16 attributes of integers and
   pointers.
 * :func:`compile_spec` builds one such specialisation for ``sm_80``/``sm_90`` and reads
-  registers, spills and the SASS facts (load/store widths, ``LDGSTS`` pipelining, barriers) from
-  ``cuobjdump``.
+  registers, spills and (unless ``sass=False``, as the compile check calls it) the SASS facts
+  (load/store widths, ``LDGSTS`` pipelining, barriers) from ``cuobjdump``.
 
 Must run WITHOUT ``TRITON_INTERPRET`` (the kernels must be ``JITFunction`` objects).
 """
@@ -425,10 +425,11 @@ class Compiled:
     stack: int
     local: int
     shared: int
-    ldg: dict  # global load width in bytes -> count of instructions in the SASS
-    stg: dict  # global store width in bytes -> count
-    ldgsts: int  # cp.async (pipelined global -> shared copies)
-    bar_sync: int
+    # from the SASS (None when compiled with sass=False):
+    ldg: Optional[dict]  # global load width in bytes -> count of instructions in the SASS
+    stg: Optional[dict]  # global store width in bytes -> count
+    ldgsts: Optional[int]  # cp.async (pipelined global -> shared copies)
+    bar_sync: Optional[int]
     num_warps: int
     num_stages: int
 
@@ -462,8 +463,11 @@ def _widths(sass: str, op: str) -> dict:
     return dict(out)
 
 
-def compile_spec(spec: Spec, arch: int) -> Compiled:
-    """Compile a specialisation for ``sm_<arch>`` and read the cubin's resource usage and SASS."""
+def compile_spec(spec: Spec, arch: int, sass: bool = True) -> Compiled:
+    """Compile a specialisation for ``sm_<arch>`` and read the cubin's resource usage and, with
+    ``sass``, its SASS (load/store widths, LDGSTS, BAR.SYNC; without it those fields are None).
+    The resource usage costs milliseconds; disassembling the SASS about 0.8 CPU-seconds a build
+    (cuobjdump ``--dump-sass``: most of the compile check's time when it was always read)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -474,12 +478,14 @@ def compile_spec(spec: Spec, arch: int) -> Compiled:
         f.flush()
         usage = subprocess.run([_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True, text=True,
                                check=True).stdout
-        sass = subprocess.run([_cuobjdump(), "--dump-sass", f.name], capture_output=True, text=True, check=True).stdout
+        code = (subprocess.run([_cuobjdump(), "--dump-sass", f.name], capture_output=True, text=True, check=True).stdout
+                if sass else None)
     field = lambda name: int(re.search(rf"{name}:(\d+)", usage).group(1))  # noqa: E731
     return Compiled(
         regs=field("REG"), stack=field("STACK"), local=field("LOCAL"), shared=field("SHARED"),
-        ldg=_widths(sass, "LDG"), stg=_widths(sass, "STG"), ldgsts=len(re.findall(r"\bLDGSTS\b", sass)),
-        bar_sync=len(re.findall(r"\bBAR\.SYNC\b", sass)),
+        ldg=_widths(code, "LDG") if sass else None, stg=_widths(code, "STG") if sass else None,
+        ldgsts=len(re.findall(r"\bLDGSTS\b", code)) if sass else None,
+        bar_sync=len(re.findall(r"\bBAR\.SYNC\b", code)) if sass else None,
         num_warps=options["num_warps"], num_stages=options["num_stages"],
     )
 

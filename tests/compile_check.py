@@ -11,7 +11,7 @@ and pointers) for each architecture, deduplicated, compiled with ``triton.compil
 with ``cuobjdump`` (registers, STACK/LOCAL spills). Run WITHOUT TRITON_INTERPRET
 (tests/test_compile.py runs it in a subprocess, once per Triton version).
 
-Usage: python tests/compile_check.py [--jobs N] [--arch 80 --arch 90] [--set ci|targets|bf16|full]
+Usage: python tests/compile_check.py [--jobs N] [--arch 80 --arch 90] [--set ci|targets|bf16|full] [--sass]
 
 Sets: ``full`` every benchmark call (bf16, fp16, fp32; default and timm train/eval), every
 coverage call and the gate family's calls (:func:`benchmarks.launched.gate_calls`: the SE gate,
@@ -24,6 +24,10 @@ stages (the end-to-end row's module), the SE gate's bf16 rows and the spatial ga
 specialisation costs about a CPU-second per build, so the sets keep CI within its time budget;
 benchmarks/NOTES.md records the last ``full`` run.
 Prints one line per compiled specialisation and exits 1 if any fails to compile or spills.
+``--sass`` also disassembles each build and prints its load widths, LDGSTS and BAR.SYNC counts
+(about 0.8 CPU-seconds a build, more than the build itself when Triton's cache holds it, so CI
+reads only the resource usage, which decides the verdict; ``python -m benchmarks.plan`` reads the
+SASS of the launches it reports).
 """
 
 from __future__ import annotations
@@ -57,16 +61,19 @@ def _specs_of(job):
 
 
 def _compile(job):
-    arch, spec = job
+    arch, spec, sass = job
     from benchmarks import launched
 
     name = f"{spec.describe()} sm_{arch}"
     try:
-        c = launched.compile_spec(spec, arch)
+        c = launched.compile_spec(spec, arch, sass=sass)
         ok = not c.spills
-        widths = ",".join(f"{w}B x{n}" for w, n in sorted(c.ldg.items()))
-        return ok, (f"{'ok  ' if ok else 'SPILL'} {name}: REG {c.regs} STACK {c.stack} LOCAL {c.local} "
-                    f"occupancy {launched.occupancy(c, arch)} LDG {widths} LDGSTS {c.ldgsts} BAR.SYNC {c.bar_sync}")
+        line = (f"{'ok  ' if ok else 'SPILL'} {name}: REG {c.regs} STACK {c.stack} LOCAL {c.local} "
+                f"occupancy {launched.occupancy(c, arch)}")
+        if sass:
+            widths = ",".join(f"{w}B x{n}" for w, n in sorted(c.ldg.items()))
+            line += f" LDG {widths} LDGSTS {c.ldgsts} BAR.SYNC {c.bar_sync}"
+        return ok, line
     except Exception as e:  # report every failure, not only the first
         msg = str(e).splitlines()[0] if str(e) else ""
         return False, f"FAIL {name}: {type(e).__name__}: {msg}"
@@ -77,6 +84,7 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--arch", type=int, action="append")
     parser.add_argument("--set", dest="which", choices=("ci", "targets", "bf16", "full"), default="ci")
+    parser.add_argument("--sass", action="store_true", help="also read each build's SASS (load widths, LDGSTS, BAR.SYNC)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("compile_check: unset TRITON_INTERPRET (the interpreter does not compile)")
@@ -101,7 +109,7 @@ def main(argv=None):
     print(f"compile_check: {len(calls)} calls planned, {len(specs)} distinct specialisations launched "
           f"({len(kernels)} kernels: {', '.join(sorted(kernels))})", flush=True)
     failures = 0
-    jobs = list(specs)
+    jobs = [(arch, spec, args.sass) for arch, spec in specs]
     try:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             for ok, line in pool.map(_compile, jobs):

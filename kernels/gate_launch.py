@@ -26,7 +26,7 @@ import torch
 import triton
 
 from .gate import gate_bwd_dx_kernel, gate_reduce_kernel, gate_scale_kernel
-from .launch import GRID_X_MAX, MAX_CHANNELS, MAX_POSITIONS, MLP_BLOCK_H2, MLP_SLAB, NUM_STAGES, ChannelMLP, _counters, _empty
+from .launch import GRID_X_MAX, MAX_CHANNELS, MAX_POSITIONS, NUM_STAGES, ChannelMLP, _counters, _empty, slab_block_h
 from .launch import POOL_AVG, _pool_splits, _served_blocks, acc_dtype, blocks_for, check_launchable
 from .launch import launch_channel_pool, launch_param_grads
 from .launch import _memory_format, layout_of, pool_tile, prepare_input
@@ -174,7 +174,7 @@ def _plan_reduce(x: torch.Tensor, dy, axis: int, pools: int, mlp=None) -> Plan:
         mlp_args = (w2 if w2 is not None else ha, b2 if b2 is not None else ha, ha,
                     pre if pre is not None else ha, da, dhp, dpre)
         mlp_opts = dict(MLP=True, MLP_POOL=opts.pool, TWO_LAYER=opts.two_layer, HAS_BIAS=b2 is not None, ACT=act,
-                        GATE=kind, BLOCK_H=min(triton.next_power_of_2(HID), MLP_BLOCK_H2, max(1, MLP_SLAB // g.bk)))
+                        GATE=kind, BLOCK_H=slab_block_h(HID, g.bk))
         w2_bytes = v.N * v.K * HID * w2.element_size() if opts.two_layer else 0
     else:
         HID, mlp_args, w2_bytes = 1, (dg,) * 7, 0
@@ -231,7 +231,7 @@ def plan_scale(x: torch.Tensor, gate: torch.Tensor, axis: int, plan: Plan | None
     y = _empty(x.shape, x.dtype, dev, _format_of(x))
     w = gate_view(y, axis)
     plan = Plan() if plan is None else plan
-    block_h = min(triton.next_power_of_2(HID), MLP_BLOCK_H2)
+    block_h = slab_block_h(HID, g.bk)
     plan.launch("gate_scale", gate_scale_kernel, (g.programs(v.N),),
                 (x, y, gate, ha, w2, b2, v.K, v.R, g.r_per_split, HID, v.s_n, v.s_k, v.s_r, w.s_n, w.s_k, w.s_r),
                 dict(LAYOUT=v.layout, FUSED=fused is not None, GATE=kind, POOL=mlp.pool, TWO_LAYER=mlp.two_layer,
@@ -332,7 +332,7 @@ def plan_bwd_dx(dy: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, dmean, dm
                  d.s_n, d.s_k, d.s_r, w.s_n, w.s_k, w.s_r),
                 dict(X_LAYOUT=v.layout, DY_LAYOUT=d.layout, MAX=idx is not None, MLP=mlp is not None,
                      MLP_POOL=opts.pool, BLOCK_K=g.bk, BLOCK_R=g.br,
-                     BLOCK_H=min(triton.next_power_of_2(HID), MLP_BLOCK_H2), NUM_STAGES=NUM_STAGES,
+                     BLOCK_H=slab_block_h(HID, g.bk), NUM_STAGES=NUM_STAGES,
                      REVERSE=ORDER["gate_bwd_dx"]),
                 num_warps=g.warps, reads=("dy",), writes=("dx",),
                 traffic=Traffic(2 * v.N * v.K * v.R * es + g.programs(v.N) * w1_bytes,

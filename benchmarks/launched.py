@@ -437,10 +437,6 @@ class Compiled:
     def spills(self) -> bool:
         return self.stack > 0 or self.local > 0
 
-    @property
-    def widest_load(self) -> int:
-        return max(self.ldg, default=0)
-
 
 def _cuobjdump() -> str:
     import triton
@@ -478,16 +474,14 @@ def compile_spec(spec: Spec, arch: int, sass: bool = True) -> Compiled:
         f.flush()
         usage = subprocess.run([_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True, text=True,
                                check=True).stdout
-        code = (subprocess.run([_cuobjdump(), "--dump-sass", f.name], capture_output=True, text=True, check=True).stdout
-                if sass else None)
+        facts = dict(ldg=None, stg=None, ldgsts=None, bar_sync=None)
+        if sass:
+            code = subprocess.run([_cuobjdump(), "--dump-sass", f.name], capture_output=True, text=True, check=True).stdout
+            facts = dict(ldg=_widths(code, "LDG"), stg=_widths(code, "STG"), ldgsts=len(re.findall(r"\bLDGSTS\b", code)),
+                         bar_sync=len(re.findall(r"\bBAR\.SYNC\b", code)))
     field = lambda name: int(re.search(rf"{name}:(\d+)", usage).group(1))  # noqa: E731
-    return Compiled(
-        regs=field("REG"), stack=field("STACK"), local=field("LOCAL"), shared=field("SHARED"),
-        ldg=_widths(code, "LDG") if sass else None, stg=_widths(code, "STG") if sass else None,
-        ldgsts=len(re.findall(r"\bLDGSTS\b", code)) if sass else None,
-        bar_sync=len(re.findall(r"\bBAR\.SYNC\b", code)) if sass else None,
-        num_warps=options["num_warps"], num_stages=options["num_stages"],
-    )
+    return Compiled(regs=field("REG"), stack=field("STACK"), local=field("LOCAL"), shared=field("SHARED"), **facts,
+                    num_warps=options["num_warps"], num_stages=options["num_stages"])
 
 
 def occupancy(c: Compiled, arch: int = 90) -> int:

@@ -72,8 +72,8 @@ KERNEL_SIZES = (3, 5, 7)
 NUM_STAGES = 3
 MLP_BLOCK_H = 128
 MLP_BLOCK_H2 = 32
-# MLP_SLAB: the most [BLOCK_K, BLOCK_H] weight elements an epilogue holds at once (the gate's reduce
-# epilogue at BLOCK_K=128 with BLOCK_H=32 spilled on sm_90: 128 registers, 16 bytes of stack)
+# MLP_SLAB: the most [BLOCK_K, BLOCK_H] weight elements a gate kernel holds at once (:func:`slab_block_h`;
+# the gate's reduce epilogue at BLOCK_K=128 with BLOCK_H=32 spilled on sm_90: 128 registers, 16 bytes of stack)
 MLP_SLAB = 2048
 
 
@@ -82,6 +82,8 @@ def slab_block_h(hid: int, block_k: int) -> int:
     MLP_BLOCK_H2 and MLP_SLAB elements (the gate's reduce epilogue, its fused scale pass and its
     dx pass all take it from here)."""
     return min(triton.next_power_of_2(hid), MLP_BLOCK_H2, max(1, MLP_SLAB // block_k))
+
+
 # The direction each full-size pass walks the batch in (REVERSE of kernels/common.py sample_major:
 # 1 = from the last sample down). Consecutive passes over the same tensor alternate, so each
 # starts on the samples its predecessor touched last, still in L2 (a serpentine): x in the

@@ -100,3 +100,22 @@ def test_empty_batch(triton_backend, device):
     assert y.shape == x.shape
     y.sum().backward()
     assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("n,sms", [(11, None), (19, 64)], ids=["11-one-split", "19-split-hw"])
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+def test_forward_larger_batches(triton_backend, device, fmt, n, sms):
+    """Batches of 11 and 19 samples (the other tests take at most 3): the tickets of channel_pool
+    (per sample and channel block, then per sample) and of spatial_pool over many samples, with
+    H*W in one pooling split and split across programs (planned for a 64-SM GPU); fp64, so a
+    sample's pools or products landing in another sample's row shows."""
+    from cbam_fast.kernels import plan
+
+    params = make_params(24, 4, 7, device, dtype=torch.float64, conv_bias=True)
+    x = tie_free_input((n, 24, 17, 17), torch.float64, params, device, FORMATS[fmt])
+    with plan.recording(dry=False, sm_count=sms) as rec:
+        y = run_cbam(x, params)
+    pool = next(r.launch for r in rec if r.launch.role == "channel_pool")
+    n_splits = pool.args[13]  # channel_pool_kernel's n_splits
+    assert (n_splits > 1) == (sms is not None), n_splits
+    torch.testing.assert_close(y, run_reference(x, params), rtol=1e-12, atol=1e-12)

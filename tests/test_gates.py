@@ -224,6 +224,28 @@ def test_folded_mlp_over_blocks_splits_and_hidden_chunks(triton_backend, device,
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=lambda m: f"grad {i}: {m}")
 
 
+@pytest.mark.parametrize("pool,act", [("avg_max", "silu"), ("light", "relu")])
+def test_folded_mlp_larger_batch(triton_backend, device, pool, act):
+    """The folded MLP over a batch of 11 samples (the other tests take at most 3): the hidden
+    vector and the pre-activations the backward takes through the activation land in each
+    sample's own row."""
+    torch.manual_seed(12)
+    x = _distinct_rows((11, 24, 9, 9), torch.float64, device, torch.channels_last, "channel")
+    ps = [p.detach().to(device, torch.float64).requires_grad_() for p in _ch_params(24, True, True, hidden=6)]
+    xs = x.detach().clone().requires_grad_()
+    with plan.recording(dry=False) as rec:
+        y = cbam_fast.channel_attention(xs, *ps, pool=pool, act=act)
+    assert [r.launch.role for r in rec] == ["channel_pool", "gate_scale"]
+    dy = torch.randn_like(y)
+    got = torch.autograd.grad(y, [xs, *ps], dy)
+    xr = x.detach().clone().requires_grad_()
+    yr = reference.channel_attention(xr, *ps, pool=pool, act=act)
+    want = torch.autograd.grad(yr, [xr, *ps], dy)
+    torch.testing.assert_close(y, yr, rtol=1e-12, atol=1e-12)
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=lambda m: f"grad {i}: {m}")
+
+
 @pytest.mark.parametrize("pool", ["avg_max", "light"])
 def test_folded_mlp_dead_relu_and_gate_edges(triton_backend, device, pool):
     """Hidden units whose pre-activation is exactly 0 (zeroed fc1 rows, no bias: dead ReLUs) get

@@ -25,7 +25,10 @@ The model (constants in :data:`MODEL`):
   (num_stages - 1)`` when the SASS has LDGSTS, else one tile); the launch takes
   ``max(waves x that, total bytes / bandwidth)``, bandwidth and latency blended between those
   of DRAM and of L2 by the share of the pass's full-size reads that hit L2 (all of them for
-  small tensors, ``source="l2"``). A read hits when its reuse distance is at most ``l2_reach``
+  small tensors, ``source="l2"``); a pass's reads of a weight slab that many of its programs
+  share (``Traffic.shared``, ``shared_per_program``) are L2 hits at L2 latency and bandwidth,
+  whatever the stream's source (the first touch of a tensor of at most a few MB is not
+  charged). A read hits when its reuse distance is at most ``l2_reach``
   x the L2 size: the distance of sample n's slice of a tensor is the bytes of the distinct
   full-size slices (tensor, sample) touched since its previous access (an LRU stack distance),
   on a trace of the call in which every pass walks the batch sample by sample in its plan's
@@ -125,8 +128,10 @@ def kernel_rows(cap, cache) -> list[LaunchRow]:
             latency = hit * m["l2_latency"] + (1 - hit) * m["dram_latency"]
             resident = min(ln.programs, m["sms"] * max(occ, 1))
             waves = math.ceil(ln.programs / resident)
-            per_program = t.loads_per_program * latency / max(in_flight, 1)
-            seconds = max(waves * per_program, t.total * (hit / m["l2_bw"] + (1 - hit) / m["copy_bw"]))
+            # a shared weight slab's reads come from L2 whatever the stream's source
+            per_program = (t.loads_per_program * latency + t.shared_per_program * m["l2_latency"]) / max(in_flight, 1)
+            seconds = max(waves * per_program,
+                          t.total * (hit / m["l2_bw"] + (1 - hit) / m["copy_bw"]) + t.shared / m["l2_bw"])
             seconds += m["launch_us"] * 1e-6
             passes = ",".join([f"r:{n}" for n in ln.reads] + [f"w:{n}" for n in ln.writes]) or "-"
             source = "L2" if hit == 1 else "DRAM" if hit == 0 else f"L2 {100 * hit:.0f}%"

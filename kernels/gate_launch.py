@@ -188,7 +188,7 @@ def _plan_reduce(x: torch.Tensor, dy, axis: int, pools: int, mlp=None) -> Plan:
                 dict(X_LAYOUT=v.layout, DY_LAYOUT=d.layout, HAS_DY=dy is not None, POOLS=pools, **mlp_opts,
                      BLOCK_K=g.bk, BLOCK_R=g.br, BLOCK_S=16, NUM_STAGES=NUM_STAGES, REVERSE=ORDER[role]),
                 num_warps=g.warps, reads=reads,
-                traffic=Traffic(traffic.total + 2 * w2_bytes, traffic.loads_per_program, traffic.tile))
+                traffic=Traffic(traffic.total, traffic.loads_per_program, traffic.tile, shared=2 * w2_bytes))
     plan.env.update(dg=dg if dy is not None else None, dy=dy, v=out if pools else None,
                     idx=idx if pools == 2 else None)
     if mlp is not None:
@@ -238,8 +238,8 @@ def plan_scale(x: torch.Tensor, gate: torch.Tensor, axis: int, plan: Plan | None
                      HAS_BIAS=has_bias, BLOCK_K=g.bk, BLOCK_R=g.br, BLOCK_H=block_h, NUM_STAGES=NUM_STAGES,
                      REVERSE=ORDER["gate_scale"]),
                 num_warps=g.warps, reads=("x",), writes=("y",),
-                traffic=Traffic(2 * v.N * v.K * v.R * es + g.programs(v.N) * w2_bytes,
-                                g.bk * min(g.r_per_split, v.R) * es + w2_bytes, g.bk * g.br * es))
+                traffic=Traffic(2 * v.N * v.K * v.R * es, g.bk * min(g.r_per_split, v.R) * es, g.bk * g.br * es,
+                                shared=g.programs(v.N) * w2_bytes, shared_per_program=w2_bytes))
     plan.env["y"] = y
     return plan
 
@@ -335,8 +335,8 @@ def plan_bwd_dx(dy: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, dmean, dm
                      BLOCK_H=slab_block_h(HID, g.bk), NUM_STAGES=NUM_STAGES,
                      REVERSE=ORDER["gate_bwd_dx"]),
                 num_warps=g.warps, reads=("dy",), writes=("dx",),
-                traffic=Traffic(2 * v.N * v.K * v.R * es + g.programs(v.N) * w1_bytes,
-                                g.bk * min(g.r_per_split, v.R) * es + w1_bytes, g.bk * g.br * es))
+                traffic=Traffic(2 * v.N * v.K * v.R * es, g.bk * min(g.r_per_split, v.R) * es, g.bk * g.br * es,
+                                shared=g.programs(v.N) * w1_bytes, shared_per_program=w1_bytes))
     plan.env["dx"] = dx
     return plan
 

@@ -428,8 +428,8 @@ def launch_channel_pool(plan: Plan, x, layout: int, strides, w1, b1, mlp: Channe
                      STORE_PRE=preact is not None, BLOCK_C=pool_c, BLOCK_P=pool_p, BLOCK_S=32, BLOCK_H=pool_h,
                      BLOCK_CB=32, NUM_STAGES=NUM_STAGES, REVERSE=ORDER["channel_pool"], ONE_TILE=pool_p >= P),
                 num_warps=blk.warps, reads=("x",),
-                traffic=Traffic(S + N * HID * C * ws, pool_c * min(p_per_split, P) * es + HID * pool_c * ws,
-                                pool_c * min(pool_p, P) * es))
+                traffic=Traffic(S, pool_c * min(p_per_split, P) * es, pool_c * min(pool_p, P) * es,
+                                shared=N * HID * C * ws, shared_per_program=HID * pool_c * ws))
     return ha
 
 
@@ -488,9 +488,8 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv
                 dict(LAYOUT=layout, **mlp_opts, BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p,
                      BLOCK_H=min(block_h, MLP_BLOCK_H2), BLOCK_S=16, **stages, REVERSE=ORDER["spatial_pool"]),
                 num_warps=blk.warps, reads=("x",),
-                traffic=Traffic(S + N * n_pb * n_csplits * w2_bytes,
-                                min(blk.stream_p, P) * c_per_split * es + w2_bytes,
-                                blk.stream_c * blk.stream_p * es))
+                traffic=Traffic(S, min(blk.stream_p, P) * c_per_split * es, blk.stream_c * blk.stream_p * es,
+                                shared=N * n_pb * n_csplits * w2_bytes, shared_per_program=w2_bytes))
 
     bn_mode = BN_NONE if bn is None else bn.mode
     gate_map = smap

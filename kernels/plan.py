@@ -32,12 +32,17 @@ class Traffic:
     execution). ``total``: bytes the launch reads and writes; ``loads_per_program``: bytes one
     program loads (what it waits for); ``tile``: bytes one program has in flight per loop stage
     (one iteration's loads); ``source``: where its loads come from on first touch, ``"dram"``
-    (full-size streams) or ``"l2"`` (small tensors and weights shared by many programs)."""
+    (full-size streams) or ``"l2"`` (small tensors and weights shared by many programs).
+    ``shared`` / ``shared_per_program``: bytes of a full-size pass's reads of a small tensor that
+    many of its programs share (a weight slab each program reads), in all and per program, not
+    counted in ``total`` / ``loads_per_program``: after the first touch they come from L2."""
 
     total: int
     loads_per_program: int
     tile: int
     source: str = "dram"
+    shared: int = 0
+    shared_per_program: int = 0
 
 
 @dataclasses.dataclass

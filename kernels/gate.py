@@ -97,7 +97,7 @@ def gate_scale_kernel(
     s_xn, s_xk, s_xr, s_yn, s_yk, s_yr,
     LAYOUT: tl.constexpr, FUSED: tl.constexpr, GATE: tl.constexpr, POOL: tl.constexpr, TWO_LAYER: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
-    NUM_STAGES: tl.constexpr, REVERSE: tl.constexpr,
+    NUM_STAGES: tl.constexpr, REVERSE: tl.constexpr, STREAM_Y: tl.constexpr,
 ):
     """Forward pass 2: ``y = x * g[n, k]``, the product rounded once to y's dtype. Grid and programs
     as :func:`gate_reduce_kernel`'s (no merge: every program writes its own tile).
@@ -106,7 +106,8 @@ def gate_scale_kernel(
     step). With FUSED (the channel gate, K = C, its MLP in the kernels) the gate of the program's
     channels from the first pass's ``HA``: with TWO_LAYER the MLP's second layer ``a = W2 @ HA[n]
     + b2`` (twice b2 for POOL 0; one ``[BLOCK_K, HID]`` slab of W2), else ``a = HA[n]`` itself;
-    then :func:`gate_of` (GATE 0 sigmoid, 1 hard_sigmoid). ``G`` is then unused but for its dtype."""
+    then :func:`gate_of` (GATE 0 sigmoid, 1 hard_sigmoid). ``G`` is then unused but for its dtype.
+    STREAM_Y: y stored with the L2 hint ``evict_first``."""
     acc_ty = G.dtype.element_ty
     n_kb = tl.cdiv(K, BLOCK_K)
     n_splits = tl.cdiv(R, r_per_split)
@@ -128,8 +129,12 @@ def gate_scale_kernel(
         m = m_k[:, None] & (o_r < r_end)[None, :]
         v = tl.load(X + tile_offsets(n, o_k, o_r, s_xn, s_xk, s_xr, LAYOUT), mask=m, other=0.0,
                     eviction_policy="evict_first").to(acc_ty)  # the forward's last read of x
-        tl.store(Y + tile_offsets(n, o_k, o_r, s_yn, s_yk, s_yr, LAYOUT), (v * g[:, None]).to(Y.dtype.element_ty),
-                 mask=m)
+        out = (v * g[:, None]).to(Y.dtype.element_ty)
+        y_offs = tile_offsets(n, o_k, o_r, s_yn, s_yk, s_yr, LAYOUT)
+        if STREAM_Y:  # x + y exceed the L2: y's lines are its first victims, not x's (launch.py stream_output)
+            tl.store(Y + y_offs, out, mask=m, eviction_policy="evict_first")
+        else:
+            tl.store(Y + y_offs, out, mask=m)
 
 
 # the split count and the counter offset vary with the shape: not specialised (fewer variants)

@@ -29,7 +29,7 @@ from .gate import gate_bwd_dx_kernel, gate_reduce_kernel, gate_scale_kernel
 from .launch import GRID_X_MAX, MAX_CHANNELS, MAX_POSITIONS, NUM_STAGES, ChannelMLP, _counters, _empty, slab_block_h
 from .launch import POOL_AVG, _pool_splits, _served_blocks, acc_dtype, blocks_for, check_launchable
 from .launch import launch_channel_pool, launch_param_grads
-from .launch import _memory_format, layout_of, pool_tile, prepare_input
+from .launch import _memory_format, layout_of, pool_tile, prepare_input, stream_output
 from .plan import Plan, Traffic, execute, sm_count
 
 # The gate function of the folded MLP (gate_scale_kernel GATE): sigmoid, hard_sigmoid.
@@ -187,7 +187,7 @@ def _plan_reduce(x: torch.Tensor, dy, axis: int, pools: int, mlp=None) -> Plan:
                  v.N * g.n_kb, v.s_n, v.s_k, v.s_r, d.s_n, d.s_k, d.s_r),
                 dict(X_LAYOUT=v.layout, DY_LAYOUT=d.layout, HAS_DY=dy is not None, POOLS=pools, **mlp_opts,
                      BLOCK_K=g.bk, BLOCK_R=g.br, BLOCK_S=16, NUM_STAGES=NUM_STAGES, REVERSE=ORDER[role]),
-                num_warps=g.warps, reads=reads,
+                num_warps=g.warps, reads=reads, evict_first=("x",) if dy is not None else (),
                 traffic=Traffic(traffic.total, traffic.loads_per_program, traffic.tile, shared=2 * w2_bytes))
     plan.env.update(dg=dg if dy is not None else None, dy=dy, v=out if pools else None,
                     idx=idx if pools == 2 else None)
@@ -232,12 +232,13 @@ def plan_scale(x: torch.Tensor, gate: torch.Tensor, axis: int, plan: Plan | None
     w = gate_view(y, axis)
     plan = Plan() if plan is None else plan
     block_h = slab_block_h(HID, g.bk)
+    stream_y = stream_output(v.N * v.K * v.R * es, dev)
     plan.launch("gate_scale", gate_scale_kernel, (g.programs(v.N),),
                 (x, y, gate, ha, w2, b2, v.K, v.R, g.r_per_split, HID, v.s_n, v.s_k, v.s_r, w.s_n, w.s_k, w.s_r),
                 dict(LAYOUT=v.layout, FUSED=fused is not None, GATE=kind, POOL=mlp.pool, TWO_LAYER=mlp.two_layer,
                      HAS_BIAS=has_bias, BLOCK_K=g.bk, BLOCK_R=g.br, BLOCK_H=block_h, NUM_STAGES=NUM_STAGES,
-                     REVERSE=ORDER["gate_scale"]),
-                num_warps=g.warps, reads=("x",), writes=("y",),
+                     REVERSE=ORDER["gate_scale"], STREAM_Y=stream_y),
+                num_warps=g.warps, reads=("x",), writes=("y",), evict_first=("x", "y") if stream_y else ("x",),
                 traffic=Traffic(2 * v.N * v.K * v.R * es, g.bk * min(g.r_per_split, v.R) * es, g.bk * g.br * es,
                                 shared=g.programs(v.N) * w2_bytes, shared_per_program=w2_bytes))
     plan.env["y"] = y
@@ -334,7 +335,7 @@ def plan_bwd_dx(dy: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, dmean, dm
                      MLP_POOL=opts.pool, BLOCK_K=g.bk, BLOCK_R=g.br,
                      BLOCK_H=slab_block_h(HID, g.bk), NUM_STAGES=NUM_STAGES,
                      REVERSE=ORDER["gate_bwd_dx"]),
-                num_warps=g.warps, reads=("dy",), writes=("dx",),
+                num_warps=g.warps, reads=("dy",), writes=("dx",), evict_first=("dy",),
                 traffic=Traffic(2 * v.N * v.K * v.R * es, g.bk * min(g.r_per_split, v.R) * es, g.bk * g.br * es,
                                 shared=g.programs(v.N) * w1_bytes, shared_per_program=w1_bytes))
     plan.env["dx"] = dx

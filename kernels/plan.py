@@ -55,6 +55,9 @@ class KernelLaunch:
     constexprs: the kernel's compile-time arguments; options: ``num_warps``, ``num_stages``.
     reads / writes: names of the full-size tensors (``x``, ``dy``, ``y``, ``dx``) the launch
       streams; every other tensor argument is small (``O(N*C + N*H*W)``).
+    evict_first: those of them the kernel loads or stores with the L2 hint ``evict_first`` (the
+      L2 victimises their lines first: the static report's reuse model lets them displace
+      nothing; tests/test_structure.py holds the SASS to it).
     """
 
     role: str
@@ -66,6 +69,7 @@ class KernelLaunch:
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
     traffic: Optional[Traffic] = None
+    evict_first: tuple[str, ...] = ()
 
     @property
     def kernel_name(self) -> str:
@@ -88,7 +92,7 @@ class Plan:
     env: dict = dataclasses.field(default_factory=dict)
 
     def launch(self, role, kernel, grid, args, constexprs, *, num_warps, num_stages=None, reads=(), writes=(),
-               traffic=None):
+               traffic=None, evict_first=()):
         # An explicit register budget (PTX .maxnreg): without one, ptxas spills a few registers
         # to raise occupancy (seen: STACK 8-32 bytes at 48-80 registers, sm_80 and sm_90); with
         # it, ptxas allocates what the code needs, up to the budget (two programs per SM).
@@ -96,7 +100,8 @@ class Plan:
         if num_stages is not None:
             options["num_stages"] = num_stages
         self.steps.append(KernelLaunch(role, kernel, tuple(int(g) for g in grid), tuple(args), dict(constexprs),
-                                       options, tuple(reads), tuple(writes), traffic))
+                                       options, tuple(reads), tuple(writes), traffic,
+                                       tuple(evict_first)))
 
     @property
     def launches(self) -> list[KernelLaunch]:
@@ -122,21 +127,28 @@ class Record:
 _RECORDER: Optional[list] = None
 _DRY = False
 _TARGET_SMS: Optional[int] = None
+_TARGET_L2: Optional[int] = None
+# The L2 of the planning target under recording(sm_count=...) unless given: the H100's 50 MB (the
+# H200 has 60 MB; the static report's model assumes the smaller too)
+TARGET_L2_BYTES = 50_000_000
 
 
 @contextlib.contextmanager
-def recording(dry: bool = True, sm_count: Optional[int] = None):
+def recording(dry: bool = True, sm_count: Optional[int] = None, l2_bytes: Optional[int] = None):
     """Record every launch executed inside the block (a list of :class:`Record`); with ``dry``
     nothing is launched (the arguments may be CPU or meta tensors; outputs stay unwritten).
     ``sm_count``: plan for a GPU with that many SMs whatever device the tensors are on (the
-    static report and the compile check plan CPU tensors for a 132-SM H100/H200)."""
-    global _RECORDER, _DRY, _TARGET_SMS
-    saved = _RECORDER, _DRY, _TARGET_SMS
-    _RECORDER, _DRY, _TARGET_SMS = [], dry, sm_count
+    static report and the compile check plan CPU tensors for a 132-SM H100/H200); ``l2_bytes``:
+    and with that much L2 (default with ``sm_count``: :data:`TARGET_L2_BYTES`)."""
+    global _RECORDER, _DRY, _TARGET_SMS, _TARGET_L2
+    saved = _RECORDER, _DRY, _TARGET_SMS, _TARGET_L2
+    if l2_bytes is None and sm_count is not None:
+        l2_bytes = TARGET_L2_BYTES
+    _RECORDER, _DRY, _TARGET_SMS, _TARGET_L2 = [], dry, sm_count, l2_bytes
     try:
         yield _RECORDER
     finally:
-        _RECORDER, _DRY, _TARGET_SMS = saved
+        _RECORDER, _DRY, _TARGET_SMS, _TARGET_L2 = saved
 
 
 def dry_run() -> bool:
@@ -153,6 +165,16 @@ def sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 2
+
+
+def l2_bytes(device: torch.device) -> int:
+    """Bytes of L2 the plan is made for: the planning target's under :func:`recording`, a CUDA
+    device's own, else :data:`TARGET_L2_BYTES` (the interpreter has no cache; any value works)."""
+    if _TARGET_L2 is not None:
+        return _TARGET_L2
+    if device.type == "cuda":
+        return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", TARGET_L2_BYTES) or TARGET_L2_BYTES
+    return TARGET_L2_BYTES
 
 
 def execute(plan: Plan) -> dict:

@@ -336,6 +336,7 @@ def spatial_gate_kernel(
     LAYOUT: tl.constexpr, KSIZE: tl.constexpr, CONV_FORM: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
     BN: tl.constexpr, BN_AFFINE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, NUM_STAGES: tl.constexpr, REVERSE: tl.constexpr,
+    STREAM_Y: tl.constexpr,
 ):
     """Forward pass 3: the spatial gate's pre-activation z (stored by the first channel split) and
     y = x * cg * sigmoid(z) with ``cg = sigmoid(A)``. Grid ``(N * n_csplits * NPB,)`` (sample by sample:
@@ -349,7 +350,7 @@ def spatial_gate_kernel(
     (training) with the batch statistics of ``STATS`` from :func:`spatial_stats_kernel`, whose
     conv output ``SMAP`` now is (``[N, P]``; WC, BC unused). With a BatchNorm, ``ZHAT`` gets the
     normalised conv output (its parameters' gradients need it); BN_AFFINE: weight ``BNW`` and
-    bias ``BNB``.
+    bias ``BNB``. STREAM_Y: y stored with the L2 hint ``evict_first``.
     """
     acc_ty = A.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
@@ -394,8 +395,12 @@ def spatial_gate_kernel(
         v = tl.load(X + tile_offsets(n, o_c, o_p, s_xn, s_xc, s_xp, LAYOUT), mask=m, other=0.0,
                     eviction_policy="evict_first").to(acc_ty)  # the forward's last read of x
         cg = sigmoid(tl.load(A + n * C + o_c, mask=m_c, other=0.0))
-        out = (v * cg[:, None]) * sg[None, :]
-        tl.store(Y + tile_offsets(n, o_c, o_p, s_yn, s_yc, s_yp, LAYOUT), out.to(Y.dtype.element_ty), mask=m)
+        out = ((v * cg[:, None]) * sg[None, :]).to(Y.dtype.element_ty)
+        y_offs = tile_offsets(n, o_c, o_p, s_yn, s_yc, s_yp, LAYOUT)
+        if STREAM_Y:  # x + y exceed the L2: y's lines are its first victims, not x's (launch.py stream_output)
+            tl.store(Y + y_offs, out, mask=m, eviction_policy="evict_first")
+        else:
+            tl.store(Y + y_offs, out, mask=m)
 
 
 # split counts and counter offsets vary with the shape: not specialised (fewer variants to compile)

@@ -119,3 +119,25 @@ def test_forward_larger_batches(triton_backend, device, fmt, n, sms):
     n_splits = pool.args[13]  # channel_pool_kernel's n_splits
     assert (n_splits > 1) == (sms is not None), n_splits
     torch.testing.assert_close(y, run_reference(x, params), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"], ids=str)
+def test_forward_output_streamed_past_the_l2(triton_backend, device, dtype, fmt):
+    """Where x and y together exceed 75% of the L2 the gate pass stores y with the hint
+    evict_first (STREAM_Y; planned here for a 4 KB L2), elsewhere without: both stores write
+    every element of y as the reference has it."""
+    from cbam_fast.kernels import plan
+
+    dtype, memory_format = DTYPES[dtype], FORMATS[fmt]
+    params = make_params(24, 4, 7, device)
+    x = tie_free_input((2, 24, 9, 11), dtype, params, device, memory_format)
+    ref_hi = run_reference(x.double(), {n: None if p is None else p.double() for n, p in params.items()})
+    for l2, streamed in ((4096, True), (None, False)):
+        with plan.recording(dry=False, l2_bytes=l2) as rec:
+            y = run_cbam(x, params)
+        gate = next(r.launch for r in rec if r.launch.role == "spatial_gate")
+        assert gate.constexprs["STREAM_Y"] is streamed and ("y" in gate.evict_first) is streamed, gate.evict_first
+        assert y.is_contiguous(memory_format=memory_format)
+        assert_close_three_way("y", y, run_reference(x, params), ref_hi)
+

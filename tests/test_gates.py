@@ -246,6 +246,23 @@ def test_folded_mlp_larger_batch(triton_backend, device, pool, act):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=lambda m: f"grad {i}: {m}")
 
 
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_gate_output_streamed_past_the_l2(triton_backend, device, fmt):
+    """The gate's scale pass stores y with the hint evict_first where x and y exceed 75% of the
+    L2 (planned here for a 4 KB L2), elsewhere without: y the same either way, every element
+    written (fp64 against the reference)."""
+    torch.manual_seed(13)
+    x = _distinct_rows((2, 24, 9, 9), torch.float64, device, FORMATS[fmt], "channel")
+    ps = [p.detach().to(device, torch.float64) for p in _ch_params(24, True, True, hidden=6)]
+    want = reference.channel_attention(x, *ps)
+    for l2, streamed in ((4096, True), (None, False)):
+        with plan.recording(dry=False, l2_bytes=l2) as rec:
+            y = cbam_fast.channel_attention(x, *ps)
+        scale = next(r.launch for r in rec if r.launch.role == "gate_scale")
+        assert scale.constexprs["STREAM_Y"] is streamed and ("y" in scale.evict_first) is streamed
+        torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("pool", ["avg_max", "light"])
 def test_folded_mlp_dead_relu_and_gate_edges(triton_backend, device, pool):
     """Hidden units whose pre-activation is exactly 0 (zeroed fc1 rows, no bias: dead ReLUs) get

@@ -144,6 +144,23 @@ def _tiles(call, launch_, block_c, block_p):
 
 
 @pytest.mark.parametrize("call", B32 + B1, ids=_ids(B32 + B1))
+def test_l2_hints_where_planned(captured, call):
+    """The passes' evict_first accesses (the static report's reuse model takes them from the plan;
+    tests/compile_check.py holds the PTX to them): each pass's last read of a tensor, and y stored
+    so where x and y together exceed 75% of the 50 MB L2 planned for, the 56 x 56 and 28 x 28
+    stages at batch 32 (y then the L2's first victim, not x, which the gate pass is reading)."""
+    cap = captured(call)
+    x_bytes = math.prod(call.shape) * 2  # bf16
+    streamed = 2 * x_bytes > 0.75 * 50e6
+    assert streamed == (call.shape[0] == 32 and call.shape[2] in (56, 28))
+    want = dict(channel_pool=(), spatial_pool=(), spatial_gate=("x", "y") if streamed else ("x",),
+                bwd_reduce=(), bwd_spatial=("x",), bwd_dx=("dy",))
+    got = {r.launch.role: r.launch.evict_first for r in cap.forward + cap.backward if r.launch.reads}
+    assert got == {k: v for k, v in want.items() if k in got}
+    assert next(r for r in cap.forward if r.launch.role == "spatial_gate").launch.constexprs["STREAM_Y"] is streamed
+
+
+@pytest.mark.parametrize("call", B32 + B1, ids=_ids(B32 + B1))
 def test_forward_grids_fill_the_gpu_where_the_tiles_allow(captured, call):
     """Every full-size forward pass has at least 4 programs per SM (528 on 132 SMs), or, where
     the shape has fewer tiles than that, at least half as many programs as tiles (each program

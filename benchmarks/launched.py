@@ -432,6 +432,10 @@ class Compiled:
     bar_sync: Optional[int]
     num_warps: int
     num_stages: int
+    # from the PTX (always read): global loads (``ld.global``, ``cp.async``) and stores whose L2
+    # policy is ``createpolicy ... L2::evict_first`` (:func:`l2_hints`)
+    evict_first_loads: int = 0
+    evict_first_stores: int = 0
 
     @property
     def spills(self) -> bool:
@@ -459,6 +463,25 @@ def _widths(sass: str, op: str) -> dict:
     return dict(out)
 
 
+def l2_hints(ptx: str) -> tuple[int, int]:
+    """(loads, stores) of global memory in ``ptx`` whose ``L2::cache_hint`` operand is a policy
+    made by ``createpolicy.fractional.L2::evict_first`` (Triton's ``eviction_policy="evict_first"``;
+    a pipelined load is a ``cp.async``, which some Triton versions and targets emit without it)."""
+    policy = {m.group(2): m.group(1) for m in re.finditer(r"createpolicy\.fractional\.L2::(\w+)\.b64\s+(%\w+)", ptx)}
+    loads = stores = 0
+    for line in ptx.splitlines():
+        if "L2::cache_hint" not in line:
+            continue
+        operands = re.findall(r"%\w+", line)
+        if not operands or policy.get(operands[-1]) != "evict_first":
+            continue
+        if re.search(r"\b(ld\.global|cp\.async)\.", line):
+            loads += 1
+        elif re.search(r"\bst\.global\.", line):
+            stores += 1
+    return loads, stores
+
+
 def compile_spec(spec: Spec, arch: int, sass: bool = True) -> Compiled:
     """Compile a specialisation for ``sm_<arch>`` and read the cubin's resource usage and, with
     ``sass``, its SASS (load/store widths, LDGSTS, BAR.SYNC; without it those fields are None).
@@ -480,8 +503,10 @@ def compile_spec(spec: Spec, arch: int, sass: bool = True) -> Compiled:
             facts = dict(ldg=_widths(code, "LDG"), stg=_widths(code, "STG"), ldgsts=len(re.findall(r"\bLDGSTS\b", code)),
                          bar_sync=len(re.findall(r"\bBAR\.SYNC\b", code)))
     field = lambda name: int(re.search(rf"{name}:(\d+)", usage).group(1))  # noqa: E731
+    ptx = compiled.asm["ptx"]
     return Compiled(regs=field("REG"), stack=field("STACK"), local=field("LOCAL"), shared=field("SHARED"), **facts,
-                    num_warps=options["num_warps"], num_stages=options["num_stages"])
+                    num_warps=options["num_warps"], num_stages=options["num_stages"],
+                    **dict(zip(("evict_first_loads", "evict_first_stores"), l2_hints(ptx))))
 
 
 def occupancy(c: Compiled, arch: int = 90) -> int:

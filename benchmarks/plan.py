@@ -30,10 +30,15 @@ The model (constants in :data:`MODEL`):
   whatever the stream's source (the first touch of a tensor of at most a few MB is not
   charged). A read hits when its reuse distance is at most ``l2_reach``
   x the L2 size: the distance of sample n's slice of a tensor is the bytes of the distinct
-  full-size slices (tensor, sample) touched since its previous access (an LRU stack distance),
-  on a trace of the call in which every pass walks the batch sample by sample in its plan's
-  direction (``REVERSE``; kernels/launch.py ``ORDER``), reading then writing each sample's
-  slices;
+  full-size slices (tensor, sample) touched since its previous access (an LRU stack distance;
+  precisely, the deepest the slice sank in the stack since then), on a trace of the call in which
+  every pass walks the batch sample by sample in its plan's direction (``REVERSE``;
+  kernels/launch.py ``ORDER``), reading then writing each sample's slices. A slice a launch
+  accesses with the L2 hint ``evict_first`` (what its plan declares, ``KernelLaunch.evict_first``,
+  where the compiled PTX carries it: :func:`benchmarks.launched.l2_hints`; tests/compile_check.py
+  holds the two together) drops below every other slice, pushing none of them down: the L2
+  victimises such lines first. ``evict_last`` is taken as the default policy (its
+  effect without a persisting-L2 set-aside is not established);
 * an ATen op: ``bytes / copy bandwidth`` (its reads and writes), no L2 credit, at full
   bandwidth however small (generous to eager at small sizes);
 * the floor: compulsory bytes (2 S forward, 5 S forward+backward) / copy bandwidth, or one
@@ -105,7 +110,7 @@ def kernel_rows(cap, cache) -> list[LaunchRow]:
     rows = []
     S = cap.x_bytes
     N = cap.call.shape[0]
-    lru = []  # (tensor, sample) slices of the full-size tensors, least recently touched first
+    l2 = {}  # the (tensor, sample) slices of the full-size tensors on the L2 (:func:`_walk`)
     for part, records in (("fwd", cap.forward), ("bwd", cap.backward)):
         for rec in records:
             ln = rec.launch
@@ -116,7 +121,10 @@ def kernel_rows(cap, cache) -> list[LaunchRow]:
             stages = c.num_stages if c.ldgsts else 1
             in_flight = t.tile * max(1, stages - 1) if c.ldgsts else t.tile
             # where this launch's loads come from: the share of its full-size reads that hit L2
-            dists = _walk(lru, ln, N, S / N)
+            # the declared evict_first accesses that the compiled code makes so (loads, stores)
+            hinted = tuple(n for n in ln.evict_first if (n in ln.reads and c.evict_first_loads)
+                           or (n in ln.writes and c.evict_first_stores))
+            dists = _walk(l2, ln, N, S / N, hinted)
             hit = 1.0 if t.source == "l2" else 0.0
             reuse = "-"
             if t.source == "dram" and dists:
@@ -142,21 +150,31 @@ def kernel_rows(cap, cache) -> list[LaunchRow]:
     return rows
 
 
-def _walk(lru: list, ln, N: int, slice_bytes: float) -> list:
-    """Run one launch's full-size accesses on the LRU list ``lru`` (updated in place): sample by
+def _walk(l2: dict, ln, N: int, slice_bytes: float, evict_first: tuple = ()) -> list:
+    """Run one launch's full-size accesses on the L2 trace ``l2`` (updated in place): sample by
     sample in the launch's direction, its reads, then its writes. Returns the reuse distance in
-    bytes of each read (None: first touch in the call)."""
+    bytes of each read (None: first touch in the call): the deepest its (tensor, sample) slice
+    sank since its previous access, itself included. Two classes of lines, each least recently
+    touched first: ``l2["lru"]``, slices last accessed with the default policy, and
+    ``l2["first"]``, those last accessed with the hint ``evict_first`` (``evict_first``),
+    which the L2 victimises before any other: a slice of the first class lies below every slice
+    of the second and pushes none of them down. ``l2["peak"]``: the deepest each slice sank."""
+    lru, first, peak = l2.setdefault("lru", []), l2.setdefault("first", []), l2.setdefault("peak", {})
     order = range(N - 1, -1, -1) if ln.constexprs.get("REVERSE", 0) else range(N)
     dists = []
     for n in order:
         for name, is_read in [(r, True) for r in ln.reads] + [(w, False) for w in ln.writes]:
             key = (name, n)
-            d = None
-            if key in lru:
-                i = lru.index(key)
-                d = (len(lru) - i) * slice_bytes  # the distinct slices touched since, and this one
-                del lru[i]
-            lru.append(key)
+            d = peak[key] * slice_bytes if key in peak else None
+            for stack in (lru, first):
+                if key in stack:
+                    stack.remove(key)
+            (first if name in evict_first else lru).append(key)
+            for i, k in enumerate(lru):
+                peak[k] = len(lru) - i if k == key else max(peak[k], len(lru) - i)
+            for i, k in enumerate(first):
+                depth = len(lru) + len(first) - i
+                peak[k] = depth if k == key else max(peak[k], depth)
             if is_read:
                 dists.append(d)
     return dists

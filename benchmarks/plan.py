@@ -300,6 +300,32 @@ GATE_GOALS = {"forward, batch 32": (1.3, None), "forward+backward, batch 32": (2
 GATE_MAX_FWD_LAUNCHES = 2
 
 
+_ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "fp64": 8}
+
+
+def vector_note(call) -> "str | None":
+    """Why a call's full-size accesses (x, y; dy, dx) are not 16 bytes wide, or None where they
+    are. A pass's tile is rows of contiguous elements, H*W of them in NCHW and C in channels_last,
+    row r starting r x (the row's bytes) from the sample's start; the compiler vectorises only
+    what it can prove aligned, and Triton tells it an integer's divisibility by 16 only (its
+    specialisation), so 16-byte accesses need a row of a multiple of 16 elements."""
+    _, C, H, W = call.shape
+    es = _ELEMENT_BYTES[call.dtype]
+    row, what = (H * W, f"H*W = {H} x {W}") if call.fmt == "nchw" else (C, f"C = {C}")
+    if row % 16 == 0:
+        return None
+    head = (f"{'NCHW' if call.fmt == 'nchw' else 'channels_last'} {C}x{H}x{W} {call.dtype}: no 16-byte access to "
+            f"x or y: a tile's rows are {what} = {row} elements x {es} B = {row * es} B")
+    if row * es % 16 == 0:
+        return (head + f", 16-byte aligned, but {row} is not a multiple of 16, all that Triton's specialisation "
+                f"tells the compiler, so it emits {es}-byte accesses; a `tl.multiple_of` hint on the row stride "
+                f"would let it vectorise (not built)")
+    return (head + f", so every other row starts {math.gcd(row * es, 16)}-byte aligned and the compiled accesses are "
+            f"{es} B wide (the SASS widths of --detail); a pass over each sample's C x H x W block as one flat run "
+            f"({C * H * W * es} B{', a multiple of 16' if C * H * W * es % 16 == 0 else ''}) could have them, at the "
+            f"price of a per-element channel index (not built)")
+
+
 def summary(reports) -> str:
     """The targets (shared/PERF.md) on the model: geometric means over the 4 stages x 2 formats,
     per preset."""
@@ -329,6 +355,10 @@ def summary(reports) -> str:
                     + (f" (goal <= {GATE_MAX_FWD_LAUNCHES})" if preset in GATE_PRESETS else "")
                     + (f", {maxb} backward" if maxb is not None else ""))
             lines.append(line)
+    notes = dict.fromkeys(n for n in (vector_note(r.call) for r in reports) if n)
+    if notes:
+        lines += ["", "Full-size accesses that cannot be 16 bytes wide (every other call's can):"]
+        lines += [f"- {n}" for n in notes]
     return "\n".join(lines)
 
 

@@ -888,3 +888,51 @@ def test_e2e_on_cuda_with_a_toy_cnn(monkeypatch):
     assert set(doc["variants"]) == {"eager", "cbam_fast", "no_cbam"} and not doc["failed"], doc["failed"]
     assert doc["cpu_mode"] is False and all(v["peak_mem_mb"] > 0 for v in doc["variants"].values())
     assert doc["first_loss_rel_diff"] < 2e-2
+
+
+def _pass(reads=(), writes=(), reverse=0):
+    return SimpleNamespace(reads=reads, writes=writes, constexprs=dict(REVERSE=reverse))
+
+
+def test_l2_trace_reuse_distances_and_evict_first():
+    """The static report's L2 trace (benchmarks/plan.py _walk), the forward's three passes over 4
+    samples of 1 byte: a pass's re-read of sample n is as far as the slices touched since, and a
+    line accessed evict_first displaces none (it drops below every other line)."""
+    from benchmarks import plan
+
+    def forward(gate_hints):
+        l2 = {}
+        plan._walk(l2, _pass(("x",)), 4, 1.0)
+        spool = plan._walk(l2, _pass(("x",), reverse=1), 4, 1.0)
+        gate = plan._walk(l2, _pass(("x",), ("y",)), 4, 1.0, gate_hints)
+        return spool, gate
+
+    spool, gate = forward(())
+    assert spool == [1.0, 2.0, 3.0, 4.0]  # x[3] was touched last, x[0] first
+    assert gate == [1.0, 3.0, 5.0, 7.0]  # x[0..n], y[0..n-1] since
+    # either hint keeps x[n] n + 1 deep: y's lines, or the read x lines, are the victims
+    for hints in (("x", "y"), ("y",), ("x",)):
+        assert forward(hints)[1] == [1.0, 2.0, 3.0, 4.0], hints
+    # an evict_first line lies below every default one: re-read after a default pass, it has sunk
+    l2 = {}
+    plan._walk(l2, _pass(("x",)), 2, 1.0, ("x",))
+    plan._walk(l2, _pass(("dy",)), 2, 1.0)
+    assert plan._walk(l2, _pass(("x",)), 2, 1.0) == [4.0, 4.0]
+
+
+def test_vector_note_says_why_no_16_byte_access():
+    """The report's reason for a call without 16-byte full-size accesses: rows of a multiple of 16
+    elements have them; NCHW 7 x 7 and 14 x 14 do not, and the reason names the row's bytes."""
+    from benchmarks import plan
+    from benchmarks.launched import Call
+
+    for shape, fmt in (((32, 256, 56, 56), "nchw"), ((32, 512, 28, 28), "nchw"), ((32, 2048, 7, 7), "cl")):
+        assert plan.vector_note(Call(shape, "bf16", fmt)) is None
+    note = plan.vector_note(Call((32, 2048, 7, 7), "bf16", "nchw"))
+    assert "49 elements x 2 B = 98 B" in note and "2-byte aligned" in note
+    note = plan.vector_note(Call((32, 1024, 14, 14), "bf16", "nchw"))
+    assert "392 B" in note and "8-byte aligned" in note
+    note = plan.vector_note(Call((32, 1024, 14, 14), "fp32", "nchw"))
+    assert "16-byte aligned, but 196 is not a multiple of 16" in note
+    text = plan.summary([])
+    assert "16 bytes" not in text  # no calls, no notes

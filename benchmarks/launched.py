@@ -132,7 +132,7 @@ class AtenCounter(TorchDispatchMode):
                     "gate_pool": gates.gate_pool_op, "gate_scale": gates.gate_scale_op,
                     "gate_bwd_reduce": gates.gate_bwd_reduce_op, "gate_bwd_dx": gates.gate_bwd_dx_op,
                     "gate_mlp_forward": gates.gate_mlp_forward_op, "gate_mlp_backward": gates.gate_mlp_backward_op,
-                    }[_op_name(func)]._init_fn
+                    "spatial_gate": gates.spatial_gate_op}[_op_name(func)]._init_fn
             with self:
                 return body(*args, **kwargs)
         out = func(*args, **kwargs)
@@ -595,12 +595,14 @@ def ci_calls() -> list[Call]:
 def gate_calls(dtypes=("bf16", "fp16", "fp32"), formats=("nchw", "cl")) -> list[Call]:
     """The gate family's benchmark calls: the SE gate at the SE-ResNet-50 stages (batch 32
     forward+backward and batch 1 forward) and the RegNetY-1.6GF stages (batch 32), the spatial
-    gate at the ResNet-50 stages (batch 32), each dtype and format."""
+    gate at the ResNet-50 stages (batch 32, forward+backward and forward: its inference path),
+    each dtype and format."""
     out = []
     for dt in dtypes:
         for fmt in formats:
             for chw in R50_STAGES:
                 out += [Call((32, *chw), dt, fmt, "se", False, "fwd_bwd"), Call((1, *chw), dt, fmt, "se", False, "fwd"),
-                        Call((32, *chw), dt, fmt, "spatial", False, "fwd_bwd")]
+                        Call((32, *chw), dt, fmt, "spatial", False, "fwd_bwd"),
+                        Call((32, *chw), dt, fmt, "spatial", False, "fwd")]
             out += [Call((32, *chw), dt, fmt, "se-rd4", False, "fwd_bwd") for chw in REGNETY_STAGES]
     return out

@@ -86,6 +86,21 @@ def _(x, gate, axis):
     return torch.empty_like(x, memory_format=output_format(x))
 
 
+@torch.library.custom_op("cbam_fast::spatial_gate", mutates_args=())
+def spatial_gate_op(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], pool: str) -> Tensor:
+    """The spatial gate alone, ``x * sigmoid(conv(maps) + bias)``, in 2 launches (no ATen op): for
+    calls with nothing to differentiate. x in a served layout; the conv weight in the order
+    ``pool`` names, each parameter in its own dtype (the kernels upcast)."""
+    with _device_guard(x):
+        return gate_launch.spatial_gate(x, conv_weight.detach().contiguous().view(-1),
+                                        None if conv_bias is None else conv_bias.detach().contiguous(), pool)
+
+
+@spatial_gate_op.register_fake
+def _(x, conv_weight, conv_bias, pool):
+    return torch.empty_like(x, memory_format=output_format(x))
+
+
 @torch.library.custom_op("cbam_fast::gate_bwd_reduce", mutates_args=())
 def gate_bwd_reduce_op(dy: Tensor, x: Tensor, axis: int, pools: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """``sum dy * x`` over the pooled axis, ``[N, K]`` acc dtype; with ``pools`` (a forward that
@@ -504,7 +519,9 @@ def spatial_attention(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor
     channel) in the order ``pool`` names: ``"mean_max"`` (the seed documents', Ultralytics'),
     ``"max_mean"`` (the authors'), ``"light"`` (one map ``mean / 2 + max / 2``, weight ``[1, 1, k, k]``).
 
-    conv_weight ``[1, 2, k, k]`` (k in 3, 5, 7), conv_bias ``[1]`` or None, cast to x's dtype;
+    conv_weight ``[1, 2, k, k]`` (k in 3, 5, 7), conv_bias ``[1]`` or None, cast to x's dtype (with
+    nothing to differentiate, no BatchNorm and the sigmoid gate: read in their own dtype by the
+    kernels, which convolve the maps in fp32 and run the whole gate in 2 launches);
     ``bn``: None or a ``BatchNorm2d(1)`` on the conv output, in its own train/eval mode (training
     updates its running statistics once per call, as nn.BatchNorm2d). gate: ``"sigmoid"`` or
     ``"hard_sigmoid"``. Returns ``y`` with x's shape, dtype and memory format.
@@ -531,6 +548,10 @@ def spatial_attention(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor
         params += tuple(p for p in (bn.weight, bn.bias) if p is not None)
     if _reference_only(x, *params):
         return reference.spatial_attention(x, conv_weight, conv_bias, pool=pool, gate=gate, bn=bn)
+    if bn is None and gate == "sigmoid" and not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params))):
+        # nothing to differentiate (inference): the conv and the gate in the kernels, 2 launches
+        served, _, _ = prepare_input(x)
+        return torch.ops.cbam_fast.spatial_gate(served, conv_weight, conv_bias, pool)
     shape = x.shape
 
     def tiny(mean, mx):

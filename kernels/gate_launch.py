@@ -30,6 +30,7 @@ from .launch import GRID_X_MAX, MAX_CHANNELS, MAX_POSITIONS, NUM_STAGES, Channel
 from .launch import POOL_AVG, _pool_splits, _served_blocks, acc_dtype, blocks_for, check_launchable
 from .launch import launch_channel_pool, launch_param_grads
 from .launch import _memory_format, layout_of, pool_tile, prepare_input, stream_output
+from .launch import CONV_LIGHT, CONV_MAX_MEAN, CONV_MEAN_MAX, _channel_splits, conv_taps, launch_spatial_gate
 from .plan import Plan, Traffic, execute, sm_count
 
 # The gate function of the folded MLP (gate_scale_kernel GATE): sigmoid, hard_sigmoid.
@@ -207,6 +208,33 @@ def plan_pool(x: torch.Tensor, axis: int, need_max: bool) -> Plan:
     return plan
 
 
+# The spatial gate's conv weight layouts (its pool order) as spatial_gate_kernel's CONV_FORM takes
+# them for the pool pass's maps, whose row 0 is the mean (the kernel's row 0 takes the input
+# channel its form calls max): [mean, max] weights are form 0 for these maps, [max, mean] form 1.
+SPATIAL_CONV_FORMS = {"mean_max": CONV_MAX_MEAN, "max_mean": CONV_MEAN_MAX, "light": CONV_LIGHT}
+
+
+def plan_spatial_gate(x: torch.Tensor, wc: torch.Tensor, bc, pool: str) -> Plan:
+    """The spatial gate alone with nothing to differentiate (inference): 2 launches and no other
+    op. The gate's pool pass (mean and max of x over C, ``[N, 2, P]`` acc dtype), then CBAM's gate
+    pass (:func:`kernels.launch.launch_spatial_gate`, no channel gate): the k x k conv of the maps
+    per position block, its sigmoid, y = x * gate. ``wc``: the conv weight flattened, in its own
+    dtype, its input channels in the order ``pool`` names (:data:`SPATIAL_CONV_FORMS`); ``bc``:
+    ``[1]`` or None. env ``y``."""
+    check_launchable(x.shape, 1, _served_blocks(x))
+    x, layout, strides = prepare_input(x)
+    plan = plan_pool(x, AXIS_SPATIAL, True)
+    N, C, H, W = x.shape
+    P = H * W
+    blk = blocks_for(layout, x.dtype, P)
+    c_per_split = _channel_splits(N * triton.cdiv(P, blk.stream_p), C, blk.stream_c, x.device)
+    form = SPATIAL_CONV_FORMS[pool]
+    y, _ = launch_spatial_gate(plan, x, layout, strides, blk, None, plan.env["v"], wc, bc, conv_taps(wc, form), form,
+                               None, None, None, c_per_split, reverse=1 - ORDER["gate_pool"])
+    plan.env["y"] = y
+    return plan
+
+
 def plan_scale(x: torch.Tensor, gate: torch.Tensor, axis: int, plan: Plan | None = None, fused=None) -> Plan:
     """Forward pass 2: env ``y = x * gate`` (``gate`` ``[N, K]`` contiguous, acc dtype), in x's
     dtype and memory format. ``x`` as :func:`plan_pool` served it. ``fused`` (the channel gate
@@ -370,6 +398,10 @@ def plan_mlp_backward(dy: torch.Tensor, x: torch.Tensor, ha, pre, w1, b1, w2, b2
 def gate_pool(x, axis, need_max):
     env = execute(plan_pool(x, axis, need_max))
     return env["x"], env["v"], env["idx"]
+
+
+def spatial_gate(x, wc, bc, pool):
+    return execute(plan_spatial_gate(x, wc, bc, pool))["y"]
 
 
 def gate_scale(x, gate, axis):

@@ -518,6 +518,30 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv
         gate_map = zc
 
     # pass 3: the k x k conv of the pooled maps (and the BatchNorm), the spatial gate, y = x * cg * sg
+    y, z = launch_spatial_gate(plan, x, layout, (s_n, s_c, s_p), blk, a, gate_map, wc, bc, K, conv_form, bn, zhat,
+                               stats, c_per_split)
+    plan.env.update(y=y, saved=Saved(a=a, z=z, smap=smap, sidx=sidx, zhat=zhat, stats=stats))
+    return plan
+
+
+def launch_spatial_gate(plan: Plan, x, layout: int, strides, blk: Blocks, a, smap, wc, bc, K: int, conv_form: int,
+                        bn: Optional[SpatialBN], zhat, stats, c_per_split: int, reverse: int = ORDER["spatial_gate"]):
+    """Plan ``spatial_gate_kernel`` (CBAM's forward pass 3; the spatial gate alone at inference)
+    into ``plan``: y = x * cg * sigmoid(z), z the k x k conv of ``smap`` (``[N, 2, P]`` acc dtype,
+    the rows in the order ``conv_form`` says of the weight's input channels: row 0 takes the
+    channel it calls max) and the BatchNorm. ``a``: the channel gate's pre-activation ``[N, C]``,
+    or None (no channel gate: y = x * sigmoid(z)). With a training-mode BatchNorm ``smap`` is the
+    conv output ``[N, P]`` and ``stats`` its batch statistics. ``reverse``: the direction it walks
+    the batch in (the opposite of the previous pass over x). Returns (y, z)."""
+    s_n, s_c, s_p = strides
+    N, C, H, W = x.shape
+    P = H * W
+    dev, acc = x.device, acc_dtype(x.dtype)
+    es = x.element_size()
+    S = x.numel() * es
+    bn_mode = BN_NONE if bn is None else bn.mode
+    n_pb = triton.cdiv(P, blk.stream_p)
+    n_csplits = triton.cdiv(C, c_per_split)
     y = _empty(x.shape, x.dtype, dev, _memory_format(layout))
     _, (y_n, y_c, y_p) = layout_of(y)
     z = _empty((N, P), acc, dev)
@@ -525,19 +549,18 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv
     stream_y = stream_output(S, dev)
     any_t = z  # a pointer argument a compiled-out branch never reads
     plan.launch("spatial_gate", spatial_gate_kernel, (N * n_csplits * n_pb,),
-                (x, y, a, gate_map, wc, bc if bc is not None else wc, z,
+                (x, y, a if a is not None else any_t, smap, wc, bc if bc is not None else wc, z,
                  *(t if t is not None else any_t for t in (zhat, bn and bn.weight, bn and bn.bias, bn and bn.mean,
                                                            bn and bn.var, stats)),
                  C, P, H, W, c_per_split, float(bn.eps) if bn is not None else 0.0,
                  s_n, s_c, s_p, y_n, y_c, y_p),
                 dict(LAYOUT=layout, KSIZE=K if bn_mode != BN_BATCH else 1, CONV_FORM=conv_form,
                      HAS_CONV_BIAS=bn_mode != BN_BATCH and bc is not None, BN=bn_mode, BN_AFFINE=affine,
-                     BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, **stages, REVERSE=ORDER["spatial_gate"],
-                     STREAM_Y=stream_y),
+                     HAS_CG=a is not None, BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p, NUM_STAGES=NUM_STAGES,
+                     REVERSE=reverse, STREAM_Y=stream_y),
                 num_warps=blk.warps, reads=("x",), writes=("y",), evict_first=("x", "y") if stream_y else ("x",),
                 traffic=Traffic(2 * S, min(blk.stream_p, P) * c_per_split * es, blk.stream_c * blk.stream_p * es))
-    plan.env.update(y=y, saved=Saved(a=a, z=z, smap=smap, sidx=sidx, zhat=zhat, stats=stats))
-    return plan
+    return y, z
 
 
 def cbam_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv_form: int = CONV_MAX_MEAN,

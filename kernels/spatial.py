@@ -334,7 +334,7 @@ def spatial_gate_kernel(
     C, P, H, W, c_per_split, bn_eps,
     s_xn, s_xc, s_xp, s_yn, s_yc, s_yp,
     LAYOUT: tl.constexpr, KSIZE: tl.constexpr, CONV_FORM: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
-    BN: tl.constexpr, BN_AFFINE: tl.constexpr,
+    BN: tl.constexpr, BN_AFFINE: tl.constexpr, HAS_CG: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, NUM_STAGES: tl.constexpr, REVERSE: tl.constexpr,
     STREAM_Y: tl.constexpr,
 ):
@@ -350,9 +350,10 @@ def spatial_gate_kernel(
     (training) with the batch statistics of ``STATS`` from :func:`spatial_stats_kernel`, whose
     conv output ``SMAP`` now is (``[N, P]``; WC, BC unused). With a BatchNorm, ``ZHAT`` gets the
     normalised conv output (its parameters' gradients need it); BN_AFFINE: weight ``BNW`` and
-    bias ``BNB``. STREAM_Y: y stored with the L2 hint ``evict_first``.
+    bias ``BNB``. STREAM_Y: y stored with the L2 hint ``evict_first``. Without HAS_CG (the spatial
+    gate alone) there is no channel gate: y = x * sigmoid(z), ``A`` unused but for its dtype.
     """
-    acc_ty = A.dtype.element_ty
+    acc_ty = Z.dtype.element_ty
     n_pb = tl.cdiv(P, BLOCK_P)
     n_csplits = tl.cdiv(C, c_per_split)
     n, pb, cs = _stream_program(n_pb, n_csplits, REVERSE)
@@ -394,8 +395,11 @@ def spatial_gate_kernel(
         m = m_c[:, None] & m_p[None, :]
         v = tl.load(X + tile_offsets(n, o_c, o_p, s_xn, s_xc, s_xp, LAYOUT), mask=m, other=0.0,
                     eviction_policy="evict_first").to(acc_ty)  # the forward's last read of x
-        cg = sigmoid(tl.load(A + n * C + o_c, mask=m_c, other=0.0))
-        out = ((v * cg[:, None]) * sg[None, :]).to(Y.dtype.element_ty)
+        if HAS_CG:
+            cg = sigmoid(tl.load(A + n * C + o_c, mask=m_c, other=0.0))
+            out = ((v * cg[:, None]) * sg[None, :]).to(Y.dtype.element_ty)
+        else:
+            out = (v * sg[None, :]).to(Y.dtype.element_ty)
         y_offs = tile_offsets(n, o_c, o_p, s_yn, s_yc, s_yp, LAYOUT)
         if STREAM_Y:  # x + y exceed the L2: y's lines are its first victims, not x's (launch.py stream_output)
             tl.store(Y + y_offs, out, mask=m, eviction_policy="evict_first")

@@ -21,6 +21,9 @@ SE_B1 = [launched.Call((1, *chw), "bf16", fmt, "se", False, "fwd") for chw in la
 SPATIAL_B32 = [launched.Call((32, *chw), "bf16", fmt, "spatial", False, "fwd_bwd") for chw in launched.R50_STAGES
                for fmt in ("nchw", "cl")]
 
+SPATIAL_FWD = [launched.Call((n, *chw), "bf16", fmt, "spatial", False, "fwd") for n in (32, 1)
+               for chw in launched.R50_STAGES for fmt in ("nchw", "cl")]
+
 
 def _ids(calls):
     return [c.id for c in calls]
@@ -58,7 +61,19 @@ def test_spatial_gate_passes(captured, call):
     assert all(o.bytes < cap.x_bytes / 2 for o in cap.aten_forward + cap.aten_backward)
 
 
-@pytest.mark.parametrize("call", SE_B32 + SPATIAL_B32, ids=_ids(SE_B32 + SPATIAL_B32))
+@pytest.mark.parametrize("call", SPATIAL_FWD, ids=_ids(SPATIAL_FWD))
+def test_spatial_gate_inference_is_two_launches_and_no_aten_op(captured, call):
+    """The spatial gate with nothing to differentiate: the pool pass and CBAM's gate pass (the
+    k x k conv of the maps and the sigmoid in the kernel, no channel gate), x read twice and y
+    written once, and no ATen op (the maps are not cast, concatenated or convolved by PyTorch)."""
+    cap = captured(call)
+    assert [r.launch.role for r in cap.forward] == ["gate_pool", "spatial_gate"]
+    assert [(r.launch.reads, r.launch.writes) for r in cap.forward] == [(("x",), ()), (("x",), ("y",))]
+    assert not cap.forward[1].launch.constexprs["HAS_CG"]
+    assert [o.name for o in cap.aten_forward] == []
+
+
+@pytest.mark.parametrize("call", SE_B32 + SPATIAL_B32 + SPATIAL_FWD[:8], ids=_ids(SE_B32 + SPATIAL_B32 + SPATIAL_FWD[:8]))
 def test_gate_passes_fill_the_gpu_and_walk_a_serpentine(captured, call):
     """Every full-size pass has at least 4 programs per SM (its tile work allows it at every
     stage), but the SE gate's scale and dx passes, which split H*W only while a sample's W2 (dx:
@@ -76,4 +91,4 @@ def test_gate_passes_fill_the_gpu_and_walk_a_serpentine(captured, call):
             assert r.launch.programs >= want, (r.launch.role, r.launch.programs)
             assert len(r.launch.grid) == 1
     directions = [r.launch.constexprs["REVERSE"] for r in cap.records if r.launch.reads]
-    assert directions == [0, 1, 0, 1]
+    assert directions == [0, 1, 0, 1][:len(directions)] and len(directions) == (4 if call.mode == "fwd_bwd" else 2)

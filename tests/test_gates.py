@@ -164,6 +164,35 @@ def test_callable_with_unlisted_tensor_is_refused(triton_backend, device):  # (t
         cbam_fast.channel_attention(x, excite=lambda v: v[:, :3])
 
 
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("pool,k,bias", [("mean_max", 7, True), ("max_mean", 3, False), ("light", 5, True)])
+def test_spatial_gate_inference_in_two_launches(triton_backend, device, pool, k, bias, dtype, fmt):
+    """With nothing to differentiate the spatial gate runs in 2 launches and no ATen op (the gate
+    pool pass, then CBAM's gate pass convolving the maps: no channel gate); each pool order's
+    weights reach the right map. Against the reference: fp64 to rounding, 16-bit judged against
+    the fp64 reference beside PyTorch's own error."""
+    dt = DTYPES[dtype]
+    x = _distinct_rows((2, 10, 6, 5), dt, device, FORMATS[fmt], "spatial")
+    w = (torch.randn(1, 1 if pool == "light" else 2, k, k) / k).to(device=device, dtype=dt)
+    b = (torch.randn(1) * 0.3).to(device=device, dtype=dt) if bias else None
+    with torch.no_grad(), plan.recording(dry=False) as rec:
+        y = cbam_fast.spatial_attention(x, w, b, pool=pool)
+    assert [r.launch.role for r in rec] == ["gate_pool", "spatial_gate"]
+    assert not rec[1].launch.constexprs["HAS_CG"]
+    assert y.is_contiguous(memory_format=FORMATS[fmt])
+    hi = reference.spatial_attention(x.double(), w.double(), None if b is None else b.double(), pool=pool)
+    if dt == torch.float64:
+        torch.testing.assert_close(y, hi, rtol=1e-12, atol=1e-12)
+    else:
+        assert_close_three_way("y", y, reference.spatial_attention(x, w, b, pool=pool), hi)
+    # with grad wanted, the pooled-gate path with the conv in PyTorch (it keeps the tiny graph)
+    wg = w.detach().requires_grad_()
+    with plan.recording(dry=False) as rec:
+        cbam_fast.spatial_attention(x, wg, b, pool=pool)
+    assert [r.launch.role for r in rec] == ["gate_pool", "gate_scale"]
+
+
 def test_launches_of_a_call(triton_backend, device):
     """The plain MLP (SE): forward two full-size passes (CBAM's channel pooling with the MLP's first
     layer, the scale pass with the second layer and the gate), x read twice and y written once;
@@ -459,6 +488,9 @@ def test_registered_ops_pass_opcheck(triton_backend, device):
                       torch.randn(6, device=device))
     for args in ((w1, b1, w2, b2, 0, 1, 0), (torch.randn(6, 6, device=device), None, None, None, 2, 0, 1)):
         torch.library.opcheck(torch.ops.cbam_fast.gate_mlp_forward.default, (x, *args))
+    for wc, bc, pool in ((torch.randn(1, 2, 3, 3, device=device), torch.randn(1, device=device), "max_mean"),
+                         (torch.randn(1, 1, 5, 5, device=device), None, "light")):
+        torch.library.opcheck(torch.ops.cbam_fast.spatial_gate.default, (x, wc, bc, pool))
     del g
 
 

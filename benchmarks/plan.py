@@ -22,7 +22,8 @@ The model (constants in :data:`MODEL`):
   assumed to run ahead);
 * a Triton launch: ``resident = min(programs, SMs x resident programs per SM)``; one program
   needs ``loads_per_program x latency / in_flight`` (Little's law, ``in_flight = tile x
-  (num_stages - 1)`` when the SASS has LDGSTS, else one tile); the launch takes
+  (num_stages - 1)`` when the SASS has LDGSTS, num_stages the loop's own ``NUM_STAGES``, else
+  one tile; never more than the program loads: :func:`bytes_in_flight`); the launch takes
   ``max(waves x that, total bytes / bandwidth)``, bandwidth and latency blended between those
   of DRAM and of L2 by the share of the pass's full-size reads that hit L2 (all of them for
   small tensors, ``source="l2"``); a pass's reads of a weight slab that many of its programs
@@ -118,8 +119,7 @@ def kernel_rows(cap, cache) -> list[LaunchRow]:
             c = _compiled(spec, cache)
             occ = launched.occupancy(c, ARCH)
             t = ln.traffic
-            stages = c.num_stages if c.ldgsts else 1
-            in_flight = t.tile * max(1, stages - 1) if c.ldgsts else t.tile
+            in_flight = bytes_in_flight(t, ln.constexprs, c.ldgsts, c.num_stages)
             # where this launch's loads come from: the share of its full-size reads that hit L2
             # the declared evict_first accesses that the compiled code makes so (loads, stores)
             hinted = tuple(n for n in ln.evict_first if (n in ln.reads and c.evict_first_loads)
@@ -148,6 +148,17 @@ def kernel_rows(cap, cache) -> list[LaunchRow]:
             rows.append(LaunchRow(part, ln.role, ln.kernel_name, ln.grid, ln.programs, c.regs, occ, c.ldg, c.stg,
                                   bool(c.ldgsts), in_flight, passes, reuse, source, seconds * 1e6))
     return rows
+
+
+def bytes_in_flight(t, constexprs: dict, pipelined: bool, option_stages: int) -> int:
+    """Bytes one program of a launch has in flight (Little's law's numerator): one tile
+    (``t.tile``) per stage ahead of the one in use when the loop is pipelined (the SASS has
+    LDGSTS), else one tile. The depth is the loop's own ``tl.range(num_stages=...)``, the
+    ``NUM_STAGES`` constexpr, where the kernel has one (its launch option ``option_stages``
+    otherwise), and a program never has more in flight than it loads (``t.loads_per_program``)."""
+    stages = constexprs.get("NUM_STAGES", option_stages) if pipelined else 2
+    ahead = t.tile * max(1, stages - 1)
+    return min(ahead, t.loads_per_program) if t.loads_per_program > 0 else ahead
 
 
 def _walk(l2: dict, ln, N: int, slice_bytes: float, evict_first: tuple = ()) -> list:

@@ -936,3 +936,23 @@ def test_vector_note_says_why_no_16_byte_access():
     assert "16-byte aligned, but 196 is not a multiple of 16" in note
     text = plan.summary([])
     assert "16 bytes" not in text  # no calls, no notes
+
+
+def test_bytes_in_flight_follows_the_loops_own_depth():
+    """The static report's bytes in flight per program (benchmarks/plan.py bytes_in_flight): a
+    pipelined loop holds NUM_STAGES - 1 tiles ahead (the loop's own depth, not the launch
+    option), an unpipelined one a tile, and never more than the program loads."""
+    from benchmarks import plan
+    from kernels.plan import Traffic
+
+    t = Traffic(total=1 << 20, loads_per_program=32 * 1024, tile=4096)
+    assert plan.bytes_in_flight(t, dict(NUM_STAGES=3), True, 3) == 8192
+    assert plan.bytes_in_flight(t, dict(NUM_STAGES=2), True, 3) == 4096  # bwd_reduce's depth, option 3
+    assert plan.bytes_in_flight(t, dict(NUM_STAGES=5), True, 3) == 16384
+    assert plan.bytes_in_flight(t, {}, True, 4) == 12288  # no constexpr: the launch option
+    assert plan.bytes_in_flight(t, dict(NUM_STAGES=5), False, 3) == 4096  # not pipelined: one tile
+    short = Traffic(total=1 << 20, loads_per_program=6 * 1024, tile=4096)  # 1.5 tiles to load
+    assert plan.bytes_in_flight(short, dict(NUM_STAGES=5), True, 3) == 6 * 1024
+    one = Traffic(total=1 << 20, loads_per_program=1024, tile=4096)  # a tile mostly masked
+    assert plan.bytes_in_flight(one, dict(NUM_STAGES=3), True, 3) == 1024
+    assert plan.bytes_in_flight(one, {}, False, 3) == 1024

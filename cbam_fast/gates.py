@@ -521,7 +521,9 @@ def spatial_attention(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor
 
     conv_weight ``[1, 2, k, k]`` (k in 3, 5, 7), conv_bias ``[1]`` or None, cast to x's dtype (with
     nothing to differentiate, no BatchNorm and the sigmoid gate: read in their own dtype by the
-    kernels, which convolve the maps in fp32 and run the whole gate in 2 launches);
+    kernels, which convolve the maps in the accumulation dtype, fp32 (fp64 for fp64 inputs), and
+    run the whole gate in 2 launches; so a 16-bit result can differ from the same call with grad
+    enabled by the rounding of the conv in x's dtype, within the error the reference allows);
     ``bn``: None or a ``BatchNorm2d(1)`` on the conv output, in its own train/eval mode (training
     updates its running statistics once per call, as nn.BatchNorm2d). gate: ``"sigmoid"`` or
     ``"hard_sigmoid"``. Returns ``y`` with x's shape, dtype and memory format.

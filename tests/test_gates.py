@@ -186,11 +186,55 @@ def test_spatial_gate_inference_in_two_launches(triton_backend, device, pool, k,
         torch.testing.assert_close(y, hi, rtol=1e-12, atol=1e-12)
     else:
         assert_close_three_way("y", y, reference.spatial_attention(x, w, b, pool=pool), hi)
-    # with grad wanted, the pooled-gate path with the conv in PyTorch (it keeps the tiny graph)
+    # with grad wanted, the pooled-gate path with the conv in PyTorch (it keeps the tiny graph),
+    # held to the same reference: it convolves in x's dtype, the fused path in the accumulation
+    # dtype, so in 16 bits the two agree only within the error PyTorch's own run allows
     wg = w.detach().requires_grad_()
     with plan.recording(dry=False) as rec:
-        cbam_fast.spatial_attention(x, wg, b, pool=pool)
+        yg = cbam_fast.spatial_attention(x, wg, b, pool=pool).detach()
     assert [r.launch.role for r in rec] == ["gate_pool", "gate_scale"]
+    if dt == torch.float64:
+        torch.testing.assert_close(y, yg, rtol=1e-12, atol=1e-12)
+    else:
+        assert_close_three_way("y (grad path)", yg, reference.spatial_attention(x, w, b, pool=pool), hi)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_spatial_gate_inference_reads_fp32_weights(triton_backend, device, dtype):
+    """The usual mixed case, fp32 conv parameters (an fp32 module) with a 16-bit input under
+    no_grad: the fused inference path reads them in fp32, as the fp64 reference does; PyTorch's
+    16-bit run (the parameters rounded to x's dtype) sets the error allowed."""
+    dt = DTYPES[dtype]
+    x = _distinct_rows((2, 12, 7, 6), dt, device, torch.channels_last, "spatial")
+    w = (torch.randn(1, 2, 7, 7) / 7).to(device)
+    b = (torch.randn(1) * 0.3).to(device)
+    with torch.no_grad(), plan.recording(dry=False) as rec:
+        y = cbam_fast.spatial_attention(x, w, b)
+    assert [r.launch.role for r in rec] == ["gate_pool", "spatial_gate"]
+    assert y.dtype == dt
+    hi = reference.spatial_attention(x.double(), w.double(), b.double())
+    assert_close_three_way("y", y, reference.spatial_attention(x, w, b), hi)
+
+
+def test_spatial_gate_inference_path_only_without_anything_to_differentiate(triton_backend, device):
+    """The fused inference path is taken only with no BatchNorm, the sigmoid gate and nothing
+    that wants a gradient: a hard-sigmoid gate, a BatchNorm (eval mode) and an input that
+    requires grad each take the pooled-gate path, whose result is the reference's."""
+    x = _distinct_rows((2, 10, 6, 5), torch.float64, device, torch.contiguous_format, "spatial")
+    w = (torch.randn(1, 2, 7, 7, dtype=torch.float64) / 7).to(device)
+    bn = nn.BatchNorm2d(1).double().to(device).eval()
+    bn.running_mean.fill_(0.1)
+    bn.running_var.fill_(0.7)
+    xg = x.detach().requires_grad_()
+    cases = [(torch.no_grad, x, dict(gate="hard_sigmoid")), (torch.no_grad, x, dict(bn=bn)),
+             (torch.enable_grad, xg, {})]
+    for mode, inp, kw in cases:
+        with mode(), plan.recording(dry=False) as rec:
+            y = cbam_fast.spatial_attention(inp, w, None, **kw)
+        roles = [r.launch.role for r in rec]
+        assert "spatial_gate" not in roles and roles[0] == "gate_pool", (kw, roles)
+        ref = reference.spatial_attention(x, w, None, **kw)
+        torch.testing.assert_close(y.detach(), ref, rtol=1e-12, atol=1e-12)
 
 
 def test_launches_of_a_call(triton_backend, device):

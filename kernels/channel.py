@@ -21,19 +21,20 @@ ticket); its second layer runs per channel chunk in the spatial pooling pass
 import triton
 import triton.language as tl
 
-from .common import nan_max, running_max, sample_major, sigmoid, sum_rows, ticket, tile_offsets
+from .common import nan_max, running_max, sample_major, second_layer, sigmoid, sum_rows, ticket, tile_offsets
 
 
 # the split count and counter offsets vary with the shape: not specialised (fewer variants to
 # compile); p_per_split is, as it is always a multiple of the tile: one divisibility class
 @triton.jit(do_not_specialize=["n_splits", "cnt_b"])
 def channel_pool_kernel(
-    X, PSUM, PMAX, W1, B1, PRE, HA, PREACT, CNT,
+    X, PSUM, PMAX, W1, B1, PRE, HA, PREACT, W2, B2, A, CNT,
     C, P, HID, p_per_split, n_splits, cnt_b,
     s_n, s_c, s_p,
     LAYOUT: tl.constexpr, POOL: tl.constexpr, TWO_LAYER: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
     STORE_PRE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_CB: tl.constexpr, NUM_STAGES: tl.constexpr, REVERSE: tl.constexpr, ONE_TILE: tl.constexpr,
+    SECOND_LAYER: tl.constexpr, BLOCK_C2: tl.constexpr, BLOCK_H2: tl.constexpr,
 ):
     """Forward pass 1: channel pooling over H*W and the MLP's first layer. Grid
     ``(N * n_splits * NCB,)``, NCB = cdiv(C, BLOCK_C), sample by sample (:func:`sample_major`, the
@@ -56,7 +57,11 @@ def channel_pool_kernel(
        channel gate's backward takes through the activation), else the
        gate's pre-activation
        ``HA[n] = (W1 avg + b1) + (W1 max + b1)`` (``[N, C]``, HID == C). POOL 1 and 2 have one
-       branch. Parameters in their own dtype, upcast after loading.
+       branch. Parameters in their own dtype, upcast after loading;
+    5. with SECOND_LAYER (TWO_LAYER, a small W2: kernels/launch.py ``SECOND_LAYER_IN_POOL``) that
+       program also runs the MLP's second layer once for the sample, ``A[n] = W2 @ HA[n] + b2``
+       (``[N, C]``, :func:`second_layer` in ``[BLOCK_C2, BLOCK_H2]`` slabs), so the spatial pool
+       pass loads the gate's pre-activation instead of each of its programs reading a slab of W2.
     """
     acc_ty = PSUM.dtype.element_ty
     n_cb = tl.cdiv(C, BLOCK_C)
@@ -144,6 +149,13 @@ def channel_pool_kernel(
                 if POOL == 0:
                     pre0 += pre1
                 tl.store(HA + n * HID + o_h, pre0, mask=m_h)
+            if SECOND_LAYER:  # the gate's pre-activation, once per sample (W2 is small here)
+                tl.debug_barrier()  # HA, just written by other threads of this program
+                for c0 in range(0, C, BLOCK_C2):
+                    o_c2 = c0 + tl.arange(0, BLOCK_C2)
+                    m_c2 = o_c2 < C
+                    a = second_layer(W2, B2, HA, n, o_c2, m_c2, HID, acc_ty, POOL, HAS_BIAS, BLOCK_H2)
+                    tl.store(A + n * C + o_c2, a, mask=m_c2)
 
 
 # split sizes and counter offsets vary with the shape: not specialised (fewer variants to compile)

@@ -160,3 +160,24 @@ def sum_rows(X, row0, n_rows, stride, o_col, m_col, BLOCK_S: tl.constexpr):
         acc += tl.sum(tl.load(X + o_s[:, None] * stride + o_col[None, :], mask=m, other=0.0, cache_modifier=".cg"),
                       axis=0)
     return acc
+
+
+@triton.jit
+def second_layer(W2, B2, HA, n, o_c, m_c, HID, acc_ty: tl.constexpr,
+                 POOL: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The MLP's second layer for channels o_c of sample n, ``W2[o_c] @ HA[n] + b2`` (twice b2 for
+    POOL 0: MLP(avg) + MLP(max)), from one ``[len(o_c), HID]`` slab of W2; 0 on masked channels."""
+    a = tl.zeros(o_c.shape, dtype=acc_ty)
+    for h0 in range(0, HID, BLOCK_H):
+        o_h = h0 + tl.arange(0, BLOCK_H)
+        m_h = o_h < HID
+        w = tl.load(W2 + o_c.to(tl.int64)[:, None] * HID + o_h[None, :], mask=m_c[:, None] & m_h[None, :],
+                    other=0.0).to(acc_ty)
+        hv = tl.load(HA + n * HID + o_h, mask=m_h, other=0.0)
+        a += tl.sum(w * hv[None, :], axis=1)
+    if HAS_BIAS:
+        b2 = tl.load(B2 + o_c, mask=m_c, other=0.0).to(acc_ty)
+        a += b2
+        if POOL == 0:
+            a += b2
+    return tl.where(m_c, a, 0.0)  # masked channels: 0 * an infinite hidden unit is NaN

@@ -41,8 +41,8 @@ its split of R, in a pipelined loop with running accumulators reduced once after
 import triton
 import triton.language as tl
 
-from .common import argmax_rows, first_argmax, merge_argmax, sample_major, sigmoid, sum_rows, ticket, tile_offsets
-from .spatial import pool_grads, second_layer
+from .common import argmax_rows, first_argmax, merge_argmax, sample_major, second_layer, sigmoid, sum_rows, ticket, tile_offsets
+from .spatial import pool_grads
 
 
 @triton.jit

@@ -66,15 +66,24 @@ from .spatial import (
 )
 
 KERNEL_SIZES = (3, 5, 7)
-# Software-pipelining depth of the full-size loops (tl.range num_stages): a tile in flight while
-# the previous one is used. MLP_BLOCK_H: widest hidden tile of the first layer's products and
-# of the ticket's sum; MLP_BLOCK_H2: of the second layer inside the pooling loop (registers).
+# Software-pipelining depth of the full-size loops (tl.range num_stages). NUM_STAGES: two tiles in
+# flight ahead of the one in use, for the passes bound by bandwidth (the gate pass, dx, the gate
+# family's kernels; 5 stages spilled there at the 128-register budget: gate_scale and
+# gate_bwd_dx with 128-channel tiles, spatial_gate with a BatchNorm). DEEP_STAGES: four ahead,
+# for the passes whose programs wait on latency (channel_pool's loop, spatial_pool, bwd_spatial,
+# the parameter gradients' loop over the batch; the static report: 2-3 round trips a program
+# where they waited 3-4). MLP_BLOCK_H: widest hidden tile of the first layer's products and of
+# the ticket's sum; MLP_BLOCK_H2: of the second layer inside the pooling loop (registers).
 NUM_STAGES = 3
+DEEP_STAGES = 5
 MLP_BLOCK_H = 128
 MLP_BLOCK_H2 = 32
 # MLP_SLAB: the most [BLOCK_K, BLOCK_H] weight elements a gate kernel holds at once (:func:`slab_block_h`;
 # the gate's reduce epilogue at BLOCK_K=128 with BLOCK_H=32 spilled on sm_90: 128 registers, 16 bytes of stack)
 MLP_SLAB = 2048
+# the most W2 elements (C x HID) for which the forward runs the second layer in the channel pool
+# pass, once per sample (:func:`second_layer_in_pool`)
+SECOND_LAYER_IN_POOL = 16384
 
 
 def slab_block_h(hid: int, block_k: int) -> int:
@@ -402,13 +411,15 @@ ACT_RELU, ACT_SILU = 0, 1
 
 
 def launch_channel_pool(plan: Plan, x, layout: int, strides, w1, b1, mlp: ChannelMLP, blk: Blocks, cnt,
-                        act: int = ACT_RELU, preact=None) -> torch.Tensor:
+                        act: int = ACT_RELU, preact=None, w2=None, b2=None, a=None) -> torch.Tensor:
     """Plan ``channel_pool_kernel`` (forward pass 1 of CBAM, and of the fused channel gate) into
     ``plan``: the channel pools of x, the MLP's first layer per channel block and, per sample,
     the summed hidden activation (single layer: the gate's pre-activation). ``cnt``: the
     tickets' counters, ``N * NCB + N`` of them from its start (NCB: :func:`pool_tile`'s blocks).
     ``preact``: None, or an ``[N, 2, HID]`` acc-dtype tensor that receives the two branches'
-    pre-activations (bias included). Returns ``ha`` ``[N, HID]`` (acc dtype)."""
+    pre-activations (bias included). ``a``: None, or an ``[N, C]`` acc-dtype tensor that receives
+    the gate's pre-activation ``W2 @ ha + b2`` (two layers, ``w2``/``b2`` given: the second layer
+    once per sample, :func:`second_layer_in_pool`). Returns ``ha`` ``[N, HID]`` (acc dtype)."""
     s_n, s_c, s_p = strides
     N, C, H, W = x.shape
     P = H * W
@@ -428,17 +439,37 @@ def launch_channel_pool(plan: Plan, x, layout: int, strides, w1, b1, mlp: Channe
     ha = _empty((N, HID), acc, dev)
     block_h = min(triton.next_power_of_2(HID), MLP_BLOCK_H)
     pool_h = min(block_h, 4096 // pool_c)  # the [BLOCK_H, BLOCK_C] slab of W1: at most 16 values per thread
-    plan.launch("channel_pool", channel_pool_kernel, (N * n_splits * n_cblocks,),
-                (x, psum, pmax, w1, b1 if has_bias else w1, pre, ha, preact if preact is not None else ha, cnt,
+    second = a is not None
+    block_h2 = min(triton.next_power_of_2(HID), MLP_BLOCK_H2)
+    block_c2 = min(triton.next_power_of_2(C), max(1, MLP_SLAB // 2 // block_h2))
+    # W1 slabs: one per program; with the second layer here, W2 once per sample (its last program)
+    w2_bytes = C * HID * w2.element_size() if second else 0
+    per_sample = n_splits * n_cblocks
+    plan.launch("channel_pool", channel_pool_kernel, (N * per_sample,),
+                (x, psum, pmax, w1, b1 if has_bias else w1, pre, ha, preact if preact is not None else ha,
+                 w2 if second else w1, b2 if second and has_bias else w1, a if second else ha, cnt,
                  C, P, HID, p_per_split, n_splits,
                  N * n_cblocks, s_n, s_c, s_p),
                 dict(LAYOUT=layout, POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias, ACT=act,
                      STORE_PRE=preact is not None, BLOCK_C=pool_c, BLOCK_P=pool_p, BLOCK_S=32, BLOCK_H=pool_h,
-                     BLOCK_CB=32, NUM_STAGES=NUM_STAGES, REVERSE=ORDER["channel_pool"], ONE_TILE=pool_p >= P),
+                     BLOCK_CB=32, NUM_STAGES=DEEP_STAGES, REVERSE=ORDER["channel_pool"], ONE_TILE=pool_p >= P,
+                     SECOND_LAYER=second, BLOCK_C2=block_c2 if second else 16, BLOCK_H2=block_h2 if second else 16),
                 num_warps=blk.warps, reads=("x",),
                 traffic=Traffic(S, pool_c * min(p_per_split, P) * es, pool_c * min(pool_p, P) * es,
-                                shared=N * HID * C * ws, shared_per_program=HID * pool_c * ws))
+                                shared=N * (HID * C * ws + w2_bytes),
+                                shared_per_program=HID * pool_c * ws + w2_bytes // per_sample))
     return ha
+
+
+def second_layer_in_pool(mlp: ChannelMLP, C: int, HID: int) -> bool:
+    """Whether CBAM's forward runs the MLP's second layer in the channel pool pass, once per
+    sample (its last program walks all of W2), instead of in the spatial pool pass, where every
+    (sample, position block) program forms its channel chunk's gate from a ``[chunk, HID]`` slab of
+    W2: there W2 moves N x NPB x C x HID elements, as much as x itself at 28 x 28 (27 MB beside
+    25.7 MB, bf16, batch 32). Only where W2 is small (``SECOND_LAYER_IN_POOL`` elements at most:
+    56 x 56 and 28 x 28 at the default reduction 16): a large W2 (512 KB at 2048 x 7 x 7) walked
+    by one program per sample would be a long chain of dependent loads at the pass's end."""
+    return mlp.two_layer and C * HID <= SECOND_LAYER_IN_POOL
 
 
 def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv_form: int = CONV_MAX_MEAN,
@@ -470,7 +501,6 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv
     plan = Plan()
     has_bias = b1 is not None
     mlp_opts = dict(POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias)
-    stages = dict(NUM_STAGES=NUM_STAGES)
 
     # pass 1: channel pools, the MLP's first layer (per channel block), the hidden vector per sample
     pool_c, pool_p = pool_tile(blk, layout, N, C, P, sm_count(dev), mlp.pool)
@@ -479,9 +509,14 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv
     c_per_split = _channel_splits(N * n_pb, C, blk.stream_c, dev)
     n_csplits = triton.cdiv(C, c_per_split)
     cnt = _counters(dev, N * n_cblocks + N + N * n_pb + 1)
-    # the summed hidden activation, or (single layer) the gate's pre-activation
-    ha = launch_channel_pool(plan, x, layout, (s_n, s_c, s_p), w1, b1, mlp, blk, cnt)
-    a = ha if not mlp.two_layer else _empty((N, C), acc, dev)
+    # the summed hidden activation, or (single layer) the gate's pre-activation; a small W2's
+    # second layer here too (the gate's pre-activation a), once per sample
+    a = None if not mlp.two_layer else _empty((N, C), acc, dev)
+    second = second_layer_in_pool(mlp, C, HID)
+    ha = launch_channel_pool(plan, x, layout, (s_n, s_c, s_p), w1, b1, mlp, blk, cnt,
+                             **(dict(w2=w2, b2=b2, a=a) if second else {}))
+    a = ha if a is None else a
+    two_layer = mlp.two_layer and not second  # the second layer in the spatial pool pass
     block_h = min(triton.next_power_of_2(HID), MLP_BLOCK_H)
 
     # pass 2: the MLP's second layer (per channel chunk) and the spatial pools of x * cg
@@ -489,12 +524,13 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv
     sidx = _empty((N, P), torch.int32, dev)
     spart = _empty((N, n_csplits, 2, P) if n_csplits > 1 else (1,), acc, dev)
     spidx = _empty((N, n_csplits, P) if n_csplits > 1 else (1,), torch.int32, dev)
-    w2_bytes = c_per_split * HID * ws if mlp.two_layer else 0
+    w2_bytes = c_per_split * HID * ws if two_layer else 0
     plan.launch("spatial_pool", spatial_pool_kernel, (N * n_csplits * n_pb,),
                 (x, w2 if w2 is not None else w1, b2 if has_bias else w1, ha, a, spart, spidx, smap, sidx,
                  cnt[N * n_cblocks + N:], C, P, HID, c_per_split, n_csplits, s_n, s_c, s_p),
-                dict(LAYOUT=layout, **mlp_opts, BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p,
-                     BLOCK_H=min(block_h, MLP_BLOCK_H2), BLOCK_S=16, **stages, REVERSE=ORDER["spatial_pool"]),
+                dict(LAYOUT=layout, **dict(mlp_opts, TWO_LAYER=two_layer), BLOCK_C=blk.stream_c, BLOCK_P=blk.stream_p,
+                     BLOCK_H=min(block_h, MLP_BLOCK_H2), BLOCK_S=16, NUM_STAGES=DEEP_STAGES,
+                     REVERSE=ORDER["spatial_pool"]),
                 num_warps=blk.warps, reads=("x",),
                 traffic=Traffic(S, min(blk.stream_p, P) * c_per_split * es, blk.stream_c * blk.stream_p * es,
                                 shared=N * n_pb * n_csplits * w2_bytes, shared_per_program=w2_bytes))
@@ -681,7 +717,7 @@ def plan_backward(dy, x, saved: Saved, w1, b1, w2, wc, need_x: bool, need_mlp: b
                  C, P, H, W, HID, c_per_split, n_csplits, N * n_csplits, N * P, s_xn, s_xc, s_xp),
                 dict(X_LAYOUT=layout, KSIZE=K, CONV_FORM=conv_form, BN=bn_mode, BN_AFFINE=affine, **mlp_opts, **stream,
                      BLOCK_S=16, BLOCK_H=min(block_h, 32),
-                     BLOCK_CM=min(blk.stream_c, 32), BLOCK_R=triton.next_power_of_2(NR), **stages,
+                     BLOCK_CM=min(blk.stream_c, 32), BLOCK_R=triton.next_power_of_2(NR), NUM_STAGES=DEEP_STAGES,
                      REVERSE=ORDER["bwd_spatial"]),
                 num_warps=blk.warps, reads=("x",), evict_first=("x",),
                 traffic=_stream_traffic(N, C, P, es, blk.stream_c, blk.stream_p, loads=1, stores=0,
@@ -743,7 +779,7 @@ def launch_param_grads(plan: Plan, vscr, da, dpre, hs, w1, b1, w2, b2, mlp: Chan
                 dict(POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias, HAS_MLP=need_mlp, HAS_CONV=need_conv,
                      HAS_CONV_BIAS=dbc is not None, KSIZE=ksize, CONV_FORM=conv_form,
                      BLOCK_C=blk.mlp_c, BLOCK_H=blk.mlp_h, BLOCK_R=triton.next_power_of_2(NR), BLOCK_N=16,
-                     NUM_STAGES=NUM_STAGES),
+                     NUM_STAGES=DEEP_STAGES),
                 num_warps=blk.mlp_warps,
                 traffic=Traffic(4 * N * (4 * C + 3 * HID) + 4 * 2 * HID * C,
                                 4 * N * 2 * (2 * blk.mlp_h + 2 * blk.mlp_c), 4 * 2 * (2 * blk.mlp_h + 2 * blk.mlp_c),

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+import cbam_fast
+
 from utils import DTYPES, FORMATS, assert_close_three_way, make_params, run_cbam, run_reference, tie_free_input
 
 # (N, C, H, W, reduction): H*W = 1, 7x7, 13x17 (more than one pooling split and position block),
@@ -115,8 +117,8 @@ def test_forward_larger_batches(triton_backend, device, fmt, n, sms):
     x = tie_free_input((n, 24, 17, 17), torch.float64, params, device, FORMATS[fmt])
     with plan.recording(dry=False, sm_count=sms) as rec:
         y = run_cbam(x, params)
-    pool = next(r.launch for r in rec if r.launch.role == "channel_pool")
-    n_splits = pool.args[13]  # channel_pool_kernel's n_splits
+    pool = next(r for r in rec if r.launch.role == "channel_pool")
+    n_splits = pool.named_args["n_splits"]  # channel_pool_kernel's split count
     assert (n_splits > 1) == (sms is not None), n_splits
     torch.testing.assert_close(y, run_reference(x, params), rtol=1e-12, atol=1e-12)
 
@@ -141,3 +143,45 @@ def test_forward_output_streamed_past_the_l2(triton_backend, device, dtype, fmt)
         assert y.is_contiguous(memory_format=memory_format)
         assert_close_three_way("y", y, run_reference(x, params), ref_hi)
 
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+@pytest.mark.parametrize("dtype", ["fp64", "bf16"], ids=str)
+@pytest.mark.parametrize("channel_pool,bias", [("avg_max", True), ("avg", False), ("light", True)])
+def test_second_layer_in_either_pass(triton_backend, device, monkeypatch, dtype, fmt, channel_pool, bias):
+    """The MLP's second layer runs once per sample in the channel pool pass where W2 is small
+    (kernels/launch.py SECOND_LAYER_IN_POOL; every small test shape), else per program in the
+    spatial pool pass: both placements, forward and backward, against the reference (fp64 to
+    rounding; bf16 judged against the fp64 reference beside PyTorch's own error), and the launch
+    flags say which pass ran it."""
+    from cbam_fast import reference
+    from cbam_fast.kernels import launch, plan
+
+    dt = {"fp64": torch.float64, "bf16": torch.bfloat16}[dtype]
+    params = make_params(40, 4, 7, device, mlp_bias=bias)  # HID 10: W2 has 400 elements
+    x0 = tie_free_input((3, 40, 9, 11), dt, params, device, FORMATS[fmt])
+    names = ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias", "conv_weight", "conv_bias")
+    ref_args = [params[n] for n in names]
+    hi_args = [None if p is None else p.double() for p in ref_args]
+    dy = torch.randn(x0.shape, dtype=torch.float64, device=device).to(dt)
+    hi_x = x0.double().requires_grad_()
+    hi_y = reference.cbam(hi_x, *hi_args, channel_pool=channel_pool)
+    hi_y.backward(dy.double())
+    for limit, in_pool in ((launch.SECOND_LAYER_IN_POOL, True), (0, False)):
+        monkeypatch.setattr(launch, "SECOND_LAYER_IN_POOL", limit)
+        x = x0.detach().clone().requires_grad_()
+        with plan.recording(dry=False) as rec:
+            y = cbam_fast.cbam(x, *ref_args, channel_pool=channel_pool)
+        flags = {r.launch.role: r.launch.constexprs for r in rec}
+        assert flags["channel_pool"]["SECOND_LAYER"] == in_pool
+        assert flags["spatial_pool"]["TWO_LAYER"] == (not in_pool)
+        y.backward(dy)
+        if dt == torch.float64:
+            torch.testing.assert_close(y, hi_y, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(x.grad, hi_x.grad, rtol=1e-10, atol=1e-10)
+        else:
+            xs = x0.detach().clone().requires_grad_()
+            ref_y = reference.cbam(xs, *ref_args, channel_pool=channel_pool)
+            ref_y.backward(dy)
+            assert_close_three_way("y", y.detach(), ref_y.detach(), hi_y.detach())
+            assert_close_three_way("dx", x.grad, xs.grad, hi_x.grad)

@@ -161,6 +161,36 @@ def test_l2_hints_where_planned(captured, call):
 
 
 @pytest.mark.parametrize("call", B32 + B1, ids=_ids(B32 + B1))
+def test_second_layer_where_w2_is_small(captured, call):
+    """The MLP's second layer runs once per sample in channel_pool where W2 (C x HID) has at most
+    16 K elements, the 56 x 56 and 28 x 28 stages at the default reduction 16, and spatial_pool
+    then reads no W2 slab; at 14 x 14 and 7 x 7 (64 K, 256 K elements) each spatial_pool program
+    reads its chunk's slab, as the report's traffic says."""
+    cap = captured(call)
+    C = call.shape[1]
+    small = C * (C // 16) <= 16384
+    assert small == (call.shape[2] in (56, 28))
+    roles = {r.launch.role: r.launch for r in cap.forward}
+    assert roles["channel_pool"].constexprs["SECOND_LAYER"] is small
+    assert roles["spatial_pool"].constexprs["TWO_LAYER"] is (not small)
+    assert (roles["spatial_pool"].traffic.shared_per_program == 0) is small
+
+
+@pytest.mark.parametrize("call", B32 + B1, ids=_ids(B32 + B1))
+def test_pipeline_depth_of_each_loop(captured, call):
+    """The passes whose programs wait on latency keep four tiles in flight ahead of the one in
+    use (5 stages: channel_pool's loop, spatial_pool, bwd_spatial, the parameter gradients' loop
+    over the batch), the bandwidth-bound ones two (the gate pass, dx), the backward reduce one
+    (two loads an iteration, registers; 16-bit inputs)."""
+    cap = captured(call)
+    want = dict(channel_pool=5, spatial_pool=5, bwd_spatial=5, param_grads=5, spatial_gate=3, bwd_dx=3,
+                bwd_reduce=2)
+    got = {r.launch.role: r.launch.constexprs["NUM_STAGES"] for r in cap.forward + cap.backward}
+    assert got == {k: v for k, v in want.items() if k in got}
+    assert {"channel_pool", "spatial_pool", "spatial_gate"} <= set(got)
+
+
+@pytest.mark.parametrize("call", B32 + B1, ids=_ids(B32 + B1))
 def test_forward_grids_fill_the_gpu_where_the_tiles_allow(captured, call):
     """Every full-size forward pass has at least 4 programs per SM (528 on 132 SMs), or, where
     the shape has fewer tiles than that, at least half as many programs as tiles (each program

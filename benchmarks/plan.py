@@ -29,7 +29,9 @@ The model (constants in :data:`MODEL`):
   small tensors, ``source="l2"``); a pass's reads of a weight slab that many of its programs
   share (``Traffic.shared``, ``shared_per_program``) are L2 hits at L2 latency and bandwidth,
   whatever the stream's source (the first touch of a tensor of at most a few MB is not
-  charged). A read hits when its reuse distance is at most ``l2_reach``
+  charged); a chain of dependent loads one program makes at the launch's end
+  (``Traffic.tail_round_trips``: the second layer in channel_pool's last epilogue) adds its
+  round trips at L2 latency. A read hits when its reuse distance is at most ``l2_reach``
   x the L2 size: the distance of sample n's slice of a tensor is the bytes of the distinct
   full-size slices (tensor, sample) touched since its previous access (an LRU stack distance;
   precisely, the deepest the slice sank in the stack since then), on a trace of the call in which
@@ -140,7 +142,7 @@ def kernel_rows(cap, cache) -> list[LaunchRow]:
             per_program = (t.loads_per_program * latency + t.shared_per_program * m["l2_latency"]) / max(in_flight, 1)
             seconds = max(waves * per_program,
                           t.total * (hit / m["l2_bw"] + (1 - hit) / m["copy_bw"]) + t.shared / m["l2_bw"])
-            seconds += m["launch_us"] * 1e-6
+            seconds += m["launch_us"] * 1e-6 + t.tail_round_trips * m["l2_latency"]
             passes = ",".join([f"r:{n}" for n in ln.reads] + [f"w:{n}" for n in ln.writes]) or "-"
             source = "L2" if hit == 1 else "DRAM" if hit == 0 else f"L2 {100 * hit:.0f}%"
             if ln.reads and "REVERSE" in ln.constexprs:

@@ -21,7 +21,7 @@ ticket); its second layer runs per channel chunk in the spatial pooling pass
 import triton
 import triton.language as tl
 
-from .common import nan_max, running_max, sample_major, second_layer, sigmoid, sum_rows, ticket, tile_offsets
+from .common import nan_max, running_max, sample_major, second_layer_bias, sigmoid, sum_rows, ticket, tile_offsets
 
 
 # the split count and counter offsets vary with the shape: not specialised (fewer variants to
@@ -60,7 +60,7 @@ def channel_pool_kernel(
        branch. Parameters in their own dtype, upcast after loading;
     5. with SECOND_LAYER (TWO_LAYER, a small W2: kernels/launch.py ``SECOND_LAYER_IN_POOL``) that
        program also runs the MLP's second layer once for the sample, ``A[n] = W2 @ HA[n] + b2``
-       (``[N, C]``, :func:`second_layer` in ``[BLOCK_C2, BLOCK_H2]`` slabs), so the spatial pool
+       (``[N, C]``, in ``[BLOCK_C2, BLOCK_H2]`` slabs, HID <= BLOCK_H2), so the spatial pool
        pass loads the gate's pre-activation instead of each of its programs reading a slab of W2.
     """
     acc_ty = PSUM.dtype.element_ty
@@ -149,12 +149,19 @@ def channel_pool_kernel(
                 if POOL == 0:
                     pre0 += pre1
                 tl.store(HA + n * HID + o_h, pre0, mask=m_h)
-            if SECOND_LAYER:  # the gate's pre-activation, once per sample (W2 is small here)
+            if SECOND_LAYER:  # the gate's pre-activation, once per sample (W2 small, HID <= BLOCK_H2)
                 tl.debug_barrier()  # HA, just written by other threads of this program
-                for c0 in range(0, C, BLOCK_C2):
+                o_h2 = tl.arange(0, BLOCK_H2)
+                m_h2 = o_h2 < HID
+                hv = tl.load(HA + n * HID + o_h2, mask=m_h2, other=0.0)
+                # the slabs' loads do not depend on each other: pipelined, this chain at the end
+                # of the pass is a few L2 round trips, not one per slab
+                for c0 in tl.range(0, C, BLOCK_C2, num_stages=NUM_STAGES):
                     o_c2 = c0 + tl.arange(0, BLOCK_C2)
                     m_c2 = o_c2 < C
-                    a = second_layer(W2, B2, HA, n, o_c2, m_c2, HID, acc_ty, POOL, HAS_BIAS, BLOCK_H2)
+                    w = tl.load(W2 + o_c2.to(tl.int64)[:, None] * HID + o_h2[None, :],
+                                mask=m_c2[:, None] & m_h2[None, :], other=0.0).to(acc_ty)
+                    a = second_layer_bias(B2, tl.sum(w * hv[None, :], axis=1), o_c2, m_c2, acc_ty, POOL, HAS_BIAS)
                     tl.store(A + n * C + o_c2, a, mask=m_c2)
 
 

@@ -175,9 +175,16 @@ def second_layer(W2, B2, HA, n, o_c, m_c, HID, acc_ty: tl.constexpr,
                     other=0.0).to(acc_ty)
         hv = tl.load(HA + n * HID + o_h, mask=m_h, other=0.0)
         a += tl.sum(w * hv[None, :], axis=1)
+    return second_layer_bias(B2, a, o_c, m_c, acc_ty, POOL, HAS_BIAS)
+
+
+@triton.jit
+def second_layer_bias(B2, a, o_c, m_c, acc_ty: tl.constexpr, POOL: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The second layer's bias on products ``a`` of channels o_c (twice b2 for POOL 0); 0 on
+    masked channels (0 * an infinite hidden unit is NaN)."""
     if HAS_BIAS:
         b2 = tl.load(B2 + o_c, mask=m_c, other=0.0).to(acc_ty)
         a += b2
         if POOL == 0:
             a += b2
-    return tl.where(m_c, a, 0.0)  # masked channels: 0 * an infinite hidden unit is NaN
+    return tl.where(m_c, a, 0.0)

@@ -81,9 +81,10 @@ MLP_BLOCK_H2 = 32
 # MLP_SLAB: the most [BLOCK_K, BLOCK_H] weight elements a gate kernel holds at once (:func:`slab_block_h`;
 # the gate's reduce epilogue at BLOCK_K=128 with BLOCK_H=32 spilled on sm_90: 128 registers, 16 bytes of stack)
 MLP_SLAB = 2048
-# the most W2 elements (C x HID) for which the forward runs the second layer in the channel pool
-# pass, once per sample (:func:`second_layer_in_pool`)
+# the most W2 elements (C x HID), and the fewest samples, for which the forward runs the second
+# layer in the channel pool pass, once per sample (:func:`second_layer_in_pool`)
 SECOND_LAYER_IN_POOL = 16384
+SECOND_LAYER_MIN_BATCH = 8
 
 
 def slab_block_h(hid: int, block_k: int) -> int:
@@ -440,10 +441,13 @@ def launch_channel_pool(plan: Plan, x, layout: int, strides, w1, b1, mlp: Channe
     block_h = min(triton.next_power_of_2(HID), MLP_BLOCK_H)
     pool_h = min(block_h, 4096 // pool_c)  # the [BLOCK_H, BLOCK_C] slab of W1: at most 16 values per thread
     second = a is not None
+    assert not second or (mlp.two_layer and w2 is not None and HID <= MLP_BLOCK_H2), "second layer: two layers, small HID"
     block_h2 = min(triton.next_power_of_2(HID), MLP_BLOCK_H2)
     block_c2 = min(triton.next_power_of_2(C), max(1, MLP_SLAB // 2 // block_h2))
-    # W1 slabs: one per program; with the second layer here, W2 once per sample (its last program)
+    # W1 slabs: one per program; with the second layer here, W2 once per sample (its last
+    # program: after the barrier the hidden vector, then the slabs, DEEP_STAGES - 1 in flight)
     w2_bytes = C * HID * w2.element_size() if second else 0
+    tail = 1 + triton.cdiv(triton.cdiv(C, block_c2), DEEP_STAGES - 1) if second else 0
     per_sample = n_splits * n_cblocks
     plan.launch("channel_pool", channel_pool_kernel, (N * per_sample,),
                 (x, psum, pmax, w1, b1 if has_bias else w1, pre, ha, preact if preact is not None else ha,
@@ -457,19 +461,29 @@ def launch_channel_pool(plan: Plan, x, layout: int, strides, w1, b1, mlp: Channe
                 num_warps=blk.warps, reads=("x",),
                 traffic=Traffic(S, pool_c * min(p_per_split, P) * es, pool_c * min(pool_p, P) * es,
                                 shared=N * (HID * C * ws + w2_bytes),
-                                shared_per_program=HID * pool_c * ws + w2_bytes // per_sample))
+                                shared_per_program=HID * pool_c * ws + w2_bytes // per_sample,
+                                tail_round_trips=tail))
     return ha
 
 
-def second_layer_in_pool(mlp: ChannelMLP, C: int, HID: int) -> bool:
+def second_layer_in_pool(mlp: ChannelMLP, layout: int, N: int, C: int, HID: int) -> bool:
     """Whether CBAM's forward runs the MLP's second layer in the channel pool pass, once per
     sample (its last program walks all of W2), instead of in the spatial pool pass, where every
     (sample, position block) program forms its channel chunk's gate from a ``[chunk, HID]`` slab of
     W2: there W2 moves N x NPB x C x HID elements, as much as x itself at 28 x 28 (27 MB beside
-    25.7 MB, bf16, batch 32). Only where W2 is small (``SECOND_LAYER_IN_POOL`` elements at most:
-    56 x 56 and 28 x 28 at the default reduction 16): a large W2 (512 KB at 2048 x 7 x 7) walked
-    by one program per sample would be a long chain of dependent loads at the pass's end."""
-    return mlp.two_layer and C * HID <= SECOND_LAYER_IN_POOL
+    25.7 MB, bf16, batch 32). Only where W2 is small (``SECOND_LAYER_IN_POOL`` elements at most,
+    HID at most ``MLP_BLOCK_H2``: 56 x 56 and 28 x 28 at the default reduction 16): a large W2
+    (512 KB at 2048 x 7 x 7) walked by one program per sample would be a long chain at the pass's
+    end. And only from ``SECOND_LAYER_MIN_BATCH`` samples: the last sample's walk (a few L2 round
+    trips, ~0.5-1.3 us) is exposed at the end of the pass, which pays only where the slabs it saves
+    spatial_pool are many (at batch 1, 28 x 28: 0.8 MB of W2, ~0.1 us of L2 bandwidth). For
+    channels_last, HID at most ``MLP_BLOCK_H2 // 2``: with a ``[32, 32]`` slab the pipelined walk
+    took channel_pool's channels_last build (16-bit, 28 x 28) from 80 to 84 registers, one resident
+    program fewer per SM (unpipelined it keeps 80, but then its 17 round trips, ~4 us, cost more
+    than the slabs save), so there the second layer stays in spatial_pool."""
+    hid_max = MLP_BLOCK_H2 if layout != LAYOUT_CCONTIG else MLP_BLOCK_H2 // 2
+    return (mlp.two_layer and C * HID <= SECOND_LAYER_IN_POOL and HID <= hid_max
+            and N >= SECOND_LAYER_MIN_BATCH)
 
 
 def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv_form: int = CONV_MAX_MEAN,
@@ -512,7 +526,7 @@ def plan_forward(x, w1, b1, w2, b2, wc, bc, mlp: ChannelMLP = ChannelMLP(), conv
     # the summed hidden activation, or (single layer) the gate's pre-activation; a small W2's
     # second layer here too (the gate's pre-activation a), once per sample
     a = None if not mlp.two_layer else _empty((N, C), acc, dev)
-    second = second_layer_in_pool(mlp, C, HID)
+    second = second_layer_in_pool(mlp, layout, N, C, HID)
     ha = launch_channel_pool(plan, x, layout, (s_n, s_c, s_p), w1, b1, mlp, blk, cnt,
                              **(dict(w2=w2, b2=b2, a=a) if second else {}))
     a = ha if a is None else a

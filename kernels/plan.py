@@ -35,7 +35,9 @@ class Traffic:
     (full-size streams) or ``"l2"`` (small tensors and weights shared by many programs).
     ``shared`` / ``shared_per_program``: bytes of a full-size pass's reads of a small tensor that
     many of its programs share (a weight slab each program reads), in all and per program, not
-    counted in ``total`` / ``loads_per_program``: after the first touch they come from L2."""
+    counted in ``total`` / ``loads_per_program``: after the first touch they come from L2.
+    ``tail_round_trips``: dependent L2 round trips one program makes after the rest of the launch
+    (a ticket's epilogue on the last sample: nothing overlaps it), charged at L2 latency."""
 
     total: int
     loads_per_program: int
@@ -43,6 +45,7 @@ class Traffic:
     source: str = "dram"
     shared: int = 0
     shared_per_program: int = 0
+    tail_round_trips: int = 0
 
 
 @dataclasses.dataclass

@@ -147,19 +147,21 @@ def test_forward_output_streamed_past_the_l2(triton_backend, device, dtype, fmt)
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=str)
 @pytest.mark.parametrize("dtype", ["fp64", "bf16"], ids=str)
-@pytest.mark.parametrize("channel_pool,bias", [("avg_max", True), ("avg", False), ("light", True)])
-def test_second_layer_in_either_pass(triton_backend, device, monkeypatch, dtype, fmt, channel_pool, bias):
-    """The MLP's second layer runs once per sample in the channel pool pass where W2 is small
-    (kernels/launch.py SECOND_LAYER_IN_POOL; every small test shape), else per program in the
-    spatial pool pass: both placements, forward and backward, against the reference (fp64 to
-    rounding; bf16 judged against the fp64 reference beside PyTorch's own error), and the launch
-    flags say which pass ran it."""
+@pytest.mark.parametrize("c,channel_pool,bias", [(40, "avg_max", True), (40, "avg", False), (40, "light", True),
+                                                 (100, "avg_max", True)])
+def test_second_layer_in_either_pass(triton_backend, device, monkeypatch, dtype, fmt, c, channel_pool, bias):
+    """The MLP's second layer runs once per sample in the channel pool pass or per program in the
+    spatial pool pass (kernels/launch.py second_layer_in_pool decides by W2's size, the batch and
+    the layout; here each placement is forced in turn): both, forward and backward, against the
+    reference (fp64 to rounding; bf16 judged against the fp64 reference beside PyTorch's own
+    error), and the launch flags say which pass ran it. C = 100 (HID 25): the pool pass walks W2
+    in 4 slabs of 32 channels, the last partial."""
     from cbam_fast import reference
     from cbam_fast.kernels import launch, plan
 
     dt = {"fp64": torch.float64, "bf16": torch.bfloat16}[dtype]
-    params = make_params(40, 4, 7, device, mlp_bias=bias)  # HID 10: W2 has 400 elements
-    x0 = tie_free_input((3, 40, 9, 11), dt, params, device, FORMATS[fmt])
+    params = make_params(c, 4, 7, device, mlp_bias=bias)  # HID 10 or 25: W2 has 400 or 2500 elements
+    x0 = tie_free_input((3, c, 9, 11), dt, params, device, FORMATS[fmt])
     names = ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias", "conv_weight", "conv_bias")
     ref_args = [params[n] for n in names]
     hi_args = [None if p is None else p.double() for p in ref_args]
@@ -167,8 +169,8 @@ def test_second_layer_in_either_pass(triton_backend, device, monkeypatch, dtype,
     hi_x = x0.double().requires_grad_()
     hi_y = reference.cbam(hi_x, *hi_args, channel_pool=channel_pool)
     hi_y.backward(dy.double())
-    for limit, in_pool in ((launch.SECOND_LAYER_IN_POOL, True), (0, False)):
-        monkeypatch.setattr(launch, "SECOND_LAYER_IN_POOL", limit)
+    for in_pool in (True, False):
+        monkeypatch.setattr(launch, "second_layer_in_pool", lambda mlp, *_, v=in_pool: v and mlp.two_layer)
         x = x0.detach().clone().requires_grad_()
         with plan.recording(dry=False) as rec:
             y = cbam_fast.cbam(x, *ref_args, channel_pool=channel_pool)

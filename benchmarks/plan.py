@@ -123,7 +123,11 @@ def kernel_rows(cap, cache) -> list[LaunchRow]:
             t = ln.traffic
             in_flight = bytes_in_flight(t, ln.constexprs, c.ldgsts, c.num_stages)
             # where this launch's loads come from: the share of its full-size reads that hit L2
-            # the declared evict_first accesses that the compiled code makes so (loads, stores)
+            # the declared evict_first accesses that the compiled code makes so (loads, stores);
+            # the PTX says whether a load (a store) carries the hint, not for which pointer, so a
+            # launch declares at most one such read and one such write, or the credit is ambiguous
+            assert sum(n in ln.reads for n in ln.evict_first) <= 1 and sum(n in ln.writes for n in ln.evict_first) <= 1, (
+                f"{ln.role}: evict_first declared on several reads or writes: {ln.evict_first}")
             hinted = tuple(n for n in ln.evict_first if (n in ln.reads and c.evict_first_loads)
                            or (n in ln.writes and c.evict_first_stores))
             dists = _walk(l2, ln, N, S / N, hinted)

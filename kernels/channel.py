@@ -14,14 +14,17 @@ cdiv(C, BLOCK_C) channel blocks):
 The MLP is not a kernel of its own: its first layer is split by channel block, each block's
 partial products formed by the program that finishes that block's pooling (one ``[HID,
 BLOCK_C]`` slab of W1), and summed per sample by the program that finishes the sample (a
-ticket); its second layer runs per channel chunk in the spatial pooling pass
+ticket); its second layer runs per channel chunk in the spatial pooling pass, or, where W2 is
+small, once per sample in this pass's last epilogue (SECOND_LAYER)
 (kernels/spatial.py). No ``tl.dot``: K can be 1, and the products are matrix-vector ones.
 """
 
 import triton
 import triton.language as tl
 
-from .common import nan_max, running_max, sample_major, second_layer_bias, sigmoid, sum_rows, ticket, tile_offsets
+from .common import (
+    nan_max, running_max, sample_major, second_layer_bias, second_layer_slab, sigmoid, sum_rows, ticket, tile_offsets,
+)
 
 
 # the split count and counter offsets vary with the shape: not specialised (fewer variants to
@@ -159,9 +162,8 @@ def channel_pool_kernel(
                 for c0 in tl.range(0, C, BLOCK_C2, num_stages=NUM_STAGES):
                     o_c2 = c0 + tl.arange(0, BLOCK_C2)
                     m_c2 = o_c2 < C
-                    w = tl.load(W2 + o_c2.to(tl.int64)[:, None] * HID + o_h2[None, :],
-                                mask=m_c2[:, None] & m_h2[None, :], other=0.0).to(acc_ty)
-                    a = second_layer_bias(B2, tl.sum(w * hv[None, :], axis=1), o_c2, m_c2, acc_ty, POOL, HAS_BIAS)
+                    a = second_layer_slab(W2, hv, o_c2, m_c2, o_h2, m_h2, HID, acc_ty)
+                    a = second_layer_bias(B2, a, o_c2, m_c2, acc_ty, POOL, HAS_BIAS)
                     tl.store(A + n * C + o_c2, a, mask=m_c2)
 
 

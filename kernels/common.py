@@ -171,11 +171,17 @@ def second_layer(W2, B2, HA, n, o_c, m_c, HID, acc_ty: tl.constexpr,
     for h0 in range(0, HID, BLOCK_H):
         o_h = h0 + tl.arange(0, BLOCK_H)
         m_h = o_h < HID
-        w = tl.load(W2 + o_c.to(tl.int64)[:, None] * HID + o_h[None, :], mask=m_c[:, None] & m_h[None, :],
-                    other=0.0).to(acc_ty)
-        hv = tl.load(HA + n * HID + o_h, mask=m_h, other=0.0)
-        a += tl.sum(w * hv[None, :], axis=1)
+        a += second_layer_slab(W2, tl.load(HA + n * HID + o_h, mask=m_h, other=0.0), o_c, m_c, o_h, m_h, HID, acc_ty)
     return second_layer_bias(B2, a, o_c, m_c, acc_ty, POOL, HAS_BIAS)
+
+
+@triton.jit
+def second_layer_slab(W2, hv, o_c, m_c, o_h, m_h, HID, acc_ty: tl.constexpr):
+    """``W2[o_c, o_h] @ hv``: one ``[len(o_c), len(o_h)]`` slab of W2 (``[C, HID]``) times the hidden
+    values ``hv`` at o_h."""
+    w = tl.load(W2 + o_c.to(tl.int64)[:, None] * HID + o_h[None, :], mask=m_c[:, None] & m_h[None, :],
+                other=0.0).to(acc_ty)
+    return tl.sum(w * hv[None, :], axis=1)
 
 
 @triton.jit

@@ -9,8 +9,10 @@ partials in a fixed order, so every result is bitwise deterministic without atom
 forward, 3 launches, 3 reads of x + 1 write of y (compulsory: 1 read + 1 write):
   1. ``channel_pool_kernel``  reads x -> channel pools; per channel block the MLP's first-layer
      partial products (a W1 slab); per sample the hidden vector (sum of the blocks, bias, ReLU)
-  2. ``spatial_pool_kernel``  reads x -> the MLP's second layer for its channel chunk (a W2 slab),
-     the gate cg, max/mean over C of x*cg (x*cg never stored; chunks merged by a ticket)
+     (and, where W2 is small, the second layer once per sample: :func:`second_layer_in_pool`)
+  2. ``spatial_pool_kernel``  reads x -> the MLP's second layer for its channel chunk (a W2 slab)
+     unless pass 1 ran it, the gate cg, max/mean over C of x*cg (x*cg never stored; chunks
+     merged by a ticket)
   3. ``spatial_gate_kernel``  reads x -> conv of the pooled maps, sigmoid, writes y = x*cg*sg
   The spatial conv reads its weight in the caller's layout, and a spatial BatchNorm is scalar
   math on the conv output in pass 3 (eval: running statistics; training: batch statistics from
@@ -445,9 +447,10 @@ def launch_channel_pool(plan: Plan, x, layout: int, strides, w1, b1, mlp: Channe
     block_h2 = min(triton.next_power_of_2(HID), MLP_BLOCK_H2)
     block_c2 = min(triton.next_power_of_2(C), max(1, MLP_SLAB // 2 // block_h2))
     # W1 slabs: one per program; with the second layer here, W2 once per sample (its last
-    # program: after the barrier the hidden vector, then the slabs, DEEP_STAGES - 1 in flight)
+    # program: after the barrier the hidden vector, then the slabs, stages - 1 in flight)
     w2_bytes = C * HID * w2.element_size() if second else 0
-    tail = 1 + triton.cdiv(triton.cdiv(C, block_c2), DEEP_STAGES - 1) if second else 0
+    stages = DEEP_STAGES  # the pooling loop's depth, and the epilogue's walk of W2
+    tail = 1 + triton.cdiv(triton.cdiv(C, block_c2), stages - 1) if second else 0
     per_sample = n_splits * n_cblocks
     plan.launch("channel_pool", channel_pool_kernel, (N * per_sample,),
                 (x, psum, pmax, w1, b1 if has_bias else w1, pre, ha, preact if preact is not None else ha,
@@ -456,7 +459,7 @@ def launch_channel_pool(plan: Plan, x, layout: int, strides, w1, b1, mlp: Channe
                  N * n_cblocks, s_n, s_c, s_p),
                 dict(LAYOUT=layout, POOL=mlp.pool, TWO_LAYER=mlp.two_layer, HAS_BIAS=has_bias, ACT=act,
                      STORE_PRE=preact is not None, BLOCK_C=pool_c, BLOCK_P=pool_p, BLOCK_S=32, BLOCK_H=pool_h,
-                     BLOCK_CB=32, NUM_STAGES=DEEP_STAGES, REVERSE=ORDER["channel_pool"], ONE_TILE=pool_p >= P,
+                     BLOCK_CB=32, NUM_STAGES=stages, REVERSE=ORDER["channel_pool"], ONE_TILE=pool_p >= P,
                      SECOND_LAYER=second, BLOCK_C2=block_c2 if second else 16, BLOCK_H2=block_h2 if second else 16),
                 num_warps=blk.warps, reads=("x",),
                 traffic=Traffic(S, pool_c * min(p_per_split, P) * es, pool_c * min(pool_p, P) * es,

@@ -97,7 +97,7 @@ def spatial_pool_kernel(
     :func:`sample_major`, REVERSE descending); program (n, pb, cs) covers BLOCK_P
     positions and the channels ``[cs * c_per_split, ...)``:
 
-    * ``a = W2 @ HA[n] + b2`` for its channels, before the stream loop (one ``[BLOCK_C, HID]``
+    * with TWO_LAYER, ``a = W2 @ HA[n] + b2`` for its channels, before the stream loop (one ``[BLOCK_C, HID]``
       slab of W2 per channel block; the gate's pre-activation, stored to ``A`` ``[N, C]`` by every
       position block, equal values, and read back in the loop);
     * max (first channel on ties, NaN wins, as torch.max) and sum over its channels of x * cg,
